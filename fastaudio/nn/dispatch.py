@@ -1,0 +1,113 @@
+"""Which implementation serves an op: our Triton kernel or the plain PyTorch reference.
+
+The choice is made per call from one setting, ``FASTAUDIO_KERNELS`` (or ``set_kernel_mode``):
+
+* ``auto``   – Triton on CUDA tensors the kernel can serve, PyTorch otherwise (CPU included).
+* ``triton`` – strict: every call must run the Triton kernel; an input it cannot serve raises
+  :class:`KernelUnavailableError` naming why. With ``TRITON_INTERPRET=1`` CPU tensors run the
+  kernels in the interpreter, which is how the tests exercise them.
+* ``torch``  – always the PyTorch reference.
+
+``FASTAUDIO_STRICT=1`` additionally turns an ``auto`` fallback on a CUDA tensor into an error,
+for benchmarks that must not time PyTorch while claiming Triton.
+
+Every (op, path, reason) is logged once at INFO and counted in :data:`path_counts`, so users
+can see which path ran (``fastaudio info`` prints the counters).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from typing import Callable, Optional
+
+log = logging.getLogger("fastaudio.kernels")
+
+KERNEL_MODES = ("auto", "triton", "torch")
+
+_mode_override: Optional[str] = None
+_logged: set = set()
+_lock = threading.Lock()
+path_counts: Counter = Counter()
+
+
+class KernelUnavailableError(RuntimeError):
+    """A strict setting asked for a fast path that cannot serve this input."""
+
+
+def _validate_mode(mode: str, source: str) -> str:
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{source}={mode!r} is not one of {', '.join(KERNEL_MODES)}")
+    return mode
+
+
+def kernel_mode() -> str:
+    """The active kernel mode: the override from :func:`set_kernel_mode`, else the env var."""
+    if _mode_override is not None:
+        return _mode_override
+    return _validate_mode(os.environ.get("FASTAUDIO_KERNELS", "auto").strip().lower(),
+                          "FASTAUDIO_KERNELS")
+
+
+def set_kernel_mode(mode: Optional[str]) -> None:
+    """Override ``FASTAUDIO_KERNELS`` for this process (None restores the env var)."""
+    global _mode_override
+    _mode_override = None if mode is None else _validate_mode(mode, "kernel mode")
+
+
+def strict() -> bool:
+    return os.environ.get("FASTAUDIO_STRICT", "0").strip() in ("1", "true", "yes")
+
+
+def record_path(op: str, path: str, reason: Optional[str] = None) -> None:
+    """Count a path taken and log it the first time this (op, path, reason) is seen."""
+    key = (op, path, reason)
+    with _lock:
+        path_counts[(op, path)] += 1
+        if key in _logged:
+            return
+        _logged.add(key)
+    if reason:
+        log.info("%s: %s path (%s)", op, path, reason)
+    else:
+        log.info("%s: %s path", op, path)
+
+
+def reset_path_log() -> None:
+    """Forget what was logged and counted (tests use this)."""
+    with _lock:
+        _logged.clear()
+        path_counts.clear()
+
+
+def use_triton(op: str, is_cuda: bool, reason_fn: Callable[[], Optional[str]]) -> bool:
+    """Decide whether ``op`` runs its Triton kernel for this call.
+
+    ``reason_fn`` returns why the kernel cannot serve the input (None when it can); it is only
+    evaluated when the answer matters, so the torch mode costs nothing.
+    """
+    mode = kernel_mode()
+    if mode == "torch":
+        record_path(op, "torch", "FASTAUDIO_KERNELS=torch")
+        return False
+    if mode == "triton":
+        reason = reason_fn()
+        if reason is not None:
+            raise KernelUnavailableError(
+                f"{op}: FASTAUDIO_KERNELS=triton but the Triton kernel cannot serve this input: "
+                f"{reason}")
+        record_path(op, "triton")
+        return True
+    # auto
+    if not is_cuda:
+        record_path(op, "torch", "CPU tensors: Triton kernels run on CUDA")
+        return False
+    reason = reason_fn()
+    if reason is not None:
+        if strict():
+            raise KernelUnavailableError(f"{op}: FASTAUDIO_STRICT=1 forbids the fallback: {reason}")
+        record_path(op, "torch", reason)
+        return False
+    record_path(op, "triton")
+    return True

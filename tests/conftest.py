@@ -1,0 +1,29 @@
+"""Test setup: on machines without CUDA the Triton kernels run in the interpreter.
+
+TRITON_INTERPRET must be set before triton is first imported, so it is set here, before any
+test module (and torch) is loaded.
+"""
+import os
+
+if os.environ.get("TRITON_INTERPRET") is None and not os.path.exists("/dev/nvidia0"):
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed_and_dispatch_log():
+    """Each test starts from the default kernel mode with an empty path log."""
+    from fastaudio.nn import dispatch
+    dispatch.set_kernel_mode(None)
+    dispatch.reset_path_log()
+    yield
+    dispatch.set_kernel_mode(None)
