@@ -1,0 +1,288 @@
+"""Saving and loading models: our model folders and stable-audio-tools checkpoints.
+
+A fastaudio model folder holds ``model_config.json`` (our format), ``model.safetensors`` (every
+tensor: vae.*, unet.*, conditioner.*) and, for RoBERTa BPE text towers, ``tokenizer/``.
+
+``load_model`` reads the same folders and also stable-audio-tools ``diffusion_cond`` checkpoints
+(its ``model_config.json`` and ``model.safetensors`` or ``model.ckpt``) with no manual conversion:
+the U-Net is stored there under ``model.model.``, the VAE under ``pretransform.model.``, the
+timing tables under ``conditioner.conditioners.seconds_*``; its CLAP lives in a separate
+LAION-CLAP checkpoint (``clap_ckpt_path`` in the config, or ``clap_checkpoint=``).
+
+Checkpoints are data: ``.ckpt`` files are only read with ``torch.load(weights_only=True)``.
+Missing, unexpected and mis-shaped tensors are named in the error, and unreadable files give a
+:class:`CheckpointError` saying which file and why.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .atomic import atomic_path, atomic_write_text
+from .config import ConfigError, ModelConfig, config_from_obj, config_to_json
+from .models.clap import CLAP, load_laion_clap_text
+from .models.stable_audio import StableAudioModel
+
+log = logging.getLogger("fastaudio")
+
+CONFIG_FILE = "model_config.json"
+WEIGHTS_FILE = "model.safetensors"
+CKPT_FILE = "model.ckpt"
+TOKENIZER_DIR = "tokenizer"
+
+# stable-audio-tools key prefix → ours
+SAT_PREFIXES: List[Tuple[str, str]] = [
+    ("model.model.", "unet."),
+    ("pretransform.model.encoder.encoder.", "vae.encoder."),
+    ("pretransform.model.encoder.proj_out.", "vae.encoder.proj_out."),
+    ("pretransform.model.decoder.decoder.", "vae.decoder."),
+    ("conditioner.conditioners.seconds_start.", "conditioner.seconds_start."),
+    ("conditioner.conditioners.seconds_total.", "conditioner.seconds_total."),
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading tensors
+# ---------------------------------------------------------------------------------------------
+
+def read_state_dict(path: str) -> Dict[str, Tensor]:
+    """Tensors of a .safetensors or .ckpt/.pt file; a clear error for corrupt or truncated files."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        try:
+            return load_file(path)
+        except Exception as e:  # SafetensorError, OSError: corrupt header, truncated data
+            raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or "
+                                  f"truncated?): {e}") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated, or not "
+                              f"loadable with weights_only=True): {str(e).splitlines()[0]}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------
+# Key layouts
+# ---------------------------------------------------------------------------------------------
+
+def sat_to_fastaudio(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Rename a stable-audio-tools diffusion_cond state dict to our layout."""
+    if any(k.startswith("diffusion.") for k in sd):  # a training wrapper's checkpoint
+        dropped = [k for k in sd if k.startswith("diffusion_ema.")]
+        if dropped:
+            log.info("stable-audio-tools training checkpoint: using the online weights, "
+                     "ignoring %d EMA tensors", len(dropped))
+        sd = {k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")}
+    out, unknown = {}, []
+    for key, value in sd.items():
+        for theirs, ours in SAT_PREFIXES:
+            if key.startswith(theirs):
+                out[ours + key[len(theirs):]] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError("unexpected tensors in the stable-audio-tools checkpoint (not part of "
+                              f"Stable Audio 1.0): {', '.join(unknown[:8])}"
+                              + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""))
+    return out
+
+
+def _norm_except_dim0(v: Tensor) -> Tensor:
+    return v.norm(2, dim=tuple(range(1, v.dim())), keepdim=True)
+
+
+def normalize_weight_norm(sd: Dict[str, Tensor], expected: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Bring weight-norm tensors into the layout the model expects: accepts weight_g/weight_v,
+    torch parametrizations (original0/original1) and folded weights."""
+    sd = dict(sd)
+    for key in list(sd):
+        if key.endswith(".parametrizations.weight.original0"):
+            base = key[: -len("parametrizations.weight.original0")]
+            sd[base + "weight_g"] = sd.pop(key)
+            sd[base + "weight_v"] = sd.pop(base + "parametrizations.weight.original1")
+    for key in list(sd):
+        if key.endswith(".weight_g"):
+            base = key[: -len("weight_g")]
+            if base + "weight" in expected and base + "weight_g" not in expected:
+                g, v = sd.pop(key), sd.pop(base + "weight_v")
+                sd[base + "weight"] = g * (v / _norm_except_dim0(v))
+        elif key.endswith(".weight"):
+            base = key[: -len("weight")]
+            if base + "weight_g" in expected and base + "weight" not in expected:
+                w = sd.pop(key)
+                sd[base + "weight_v"] = w
+                sd[base + "weight_g"] = _norm_except_dim0(w)
+    return sd
+
+
+def check_state_dict(sd: Dict[str, Tensor], expected: Dict[str, Tensor], source: str,
+                     allow_missing_prefixes: Tuple[str, ...] = ()) -> None:
+    """Raise naming every missing, unexpected or mis-shaped tensor."""
+    missing = [k for k in expected if k not in sd and not k.startswith(allow_missing_prefixes)]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or shapes):
+        return
+    def listing(title: str, items: List[str]) -> str:
+        more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
+        return f"\n  {title} ({len(items)}): " + ", ".join(items[:6]) + more
+    msg = f"checkpoint {source} does not fit the model configuration"
+    if shapes:
+        msg += listing("mis-shaped", shapes)
+    if missing:
+        msg += listing("missing", missing)
+    if unexpected:
+        msg += listing("unexpected", unexpected)
+    if shapes:
+        msg += "\n  (a checkpoint of another preset or configuration?)"
+    raise CheckpointError(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Save
+# ---------------------------------------------------------------------------------------------
+
+def save_model(model: StableAudioModel, folder: str) -> None:
+    """Write ``folder/model_config.json`` and ``folder/model.safetensors`` atomically."""
+    from safetensors.torch import save_file
+    os.makedirs(folder, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(os.path.join(folder, WEIGHTS_FILE)) as tmp:
+        save_file(sd, tmp, metadata={"format": "fastaudio", "config_name": model.config.name})
+    tok = model.conditioner.clap.tokenizer
+    if tok is not None and tok.kind == "roberta":
+        tok.save(os.path.join(folder, TOKENIZER_DIR))
+    atomic_write_text(os.path.join(folder, CONFIG_FILE), config_to_json(model.config))
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+# ---------------------------------------------------------------------------------------------
+
+def _resolve(path: str) -> Tuple[str, str]:
+    """(config path, weights path) for a model folder or a weights file beside its config."""
+    if os.path.isdir(path):
+        cfg = os.path.join(path, CONFIG_FILE)
+        if not os.path.isfile(cfg):
+            raise CheckpointError(f"{path} has no {CONFIG_FILE}: not a model folder")
+        for name in (WEIGHTS_FILE, CKPT_FILE):
+            if os.path.isfile(os.path.join(path, name)):
+                return cfg, os.path.join(path, name)
+        raise CheckpointError(f"{path} has no {WEIGHTS_FILE} or {CKPT_FILE}")
+    if os.path.isfile(path):
+        cfg = os.path.join(os.path.dirname(os.path.abspath(path)), CONFIG_FILE)
+        if not os.path.isfile(cfg):
+            raise CheckpointError(f"no {CONFIG_FILE} beside {path}")
+        return cfg, path
+    raise CheckpointError(f"model path not found: {path}")
+
+
+def _tokenizer_folder(folder: str, tokenizer: Optional[str]) -> Optional[str]:
+    if tokenizer is not None:
+        return tokenizer
+    for cand in (os.path.join(folder, TOKENIZER_DIR), folder):
+        if any(os.path.isfile(os.path.join(cand, f)) for f in ("tokenizer.json", "vocab.json")):
+            return cand
+    return None
+
+
+def load_model(path: str, device: Optional[Union[str, torch.device]] = None,
+               dtype: Optional[torch.dtype] = None, clap_checkpoint: Optional[str] = None,
+               tokenizer: Optional[str] = None) -> StableAudioModel:
+    """Load a fastaudio model folder or a stable-audio-tools diffusion_cond checkpoint.
+
+    ``clap_checkpoint``: a LAION-CLAP checkpoint for the text tower (stable-audio-tools models
+    keep their CLAP apart; default: the config's ``clap_ckpt_path`` when that file exists).
+    ``tokenizer``: a folder with RoBERTa's tokenizer files (default: ``tokenizer/`` in the model
+    folder, or the folder itself).
+    """
+    cfg_path, weights_path = _resolve(path)
+    folder = os.path.dirname(os.path.abspath(cfg_path))
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {cfg_path}: {e}") from None
+    try:
+        cfg: ModelConfig = config_from_obj(raw, cfg_path)
+    except ConfigError as e:
+        raise CheckpointError(f"{cfg_path}: {e}") from None
+    is_reference = "model_type" in raw
+
+    sd = read_state_dict(weights_path)
+    with torch.device("meta"):
+        model = StableAudioModel(cfg)
+    expected = model.state_dict()
+    if is_reference:
+        sd = sat_to_fastaudio(sd)
+    sd = normalize_weight_norm(sd, expected)
+    # A stable-audio-tools checkpoint carries no CLAP: it comes from a LAION-CLAP file.
+    clap_prefix = ("conditioner.clap.", "conditioner.prompt_proj.") if is_reference else ()
+    check_state_dict(sd, expected, weights_path, allow_missing_prefixes=clap_prefix)
+    model.load_state_dict(sd, strict=not is_reference, assign=True)
+
+    tok_folder = _tokenizer_folder(folder, tokenizer)
+    if is_reference:
+        _attach_reference_clap(model, raw, folder, clap_checkpoint, tok_folder)
+    elif cfg.clap.text.tokenizer == "roberta":
+        _set_tokenizer(model, tok_folder)
+    _reject_meta(model)
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model.eval()
+
+
+def _set_tokenizer(model: StableAudioModel, folder: Optional[str]) -> None:
+    if folder is None:
+        model.conditioner.text_encoder_missing = (
+            "this model's text tower uses RoBERTa's BPE tokenizer but no tokenizer files were found: "
+            "put vocab.json and merges.txt (or tokenizer.json) in the model folder's tokenizer/ "
+            "directory, or pass tokenizer=FOLDER")
+        return
+    model.conditioner.clap.set_tokenizer_folder(folder)
+
+
+def _attach_reference_clap(model: StableAudioModel, raw: dict, folder: str,
+                           clap_checkpoint: Optional[str], tok_folder: Optional[str]) -> None:
+    from .reference_config import reference_clap_checkpoint
+    cfg = model.config
+    # Real tensors for the CLAP (the meta ones had no source). The reference's text features
+    # feed the U-Net directly (768 = cond_dim), so prompt_proj is the identity.
+    model.conditioner.clap = CLAP(cfg.clap)
+    path = clap_checkpoint or reference_clap_checkpoint(raw)
+    if path and not os.path.isabs(path):
+        path = os.path.join(folder, path)
+    if not path or not os.path.isfile(path):
+        model.conditioner.text_encoder_missing = (
+            f"the CLAP text encoder of this stable-audio-tools model was not loaded (no file at "
+            f"{path or 'clap_ckpt_path'}): pass clap_checkpoint= a LAION-CLAP checkpoint")
+        return
+    try:
+        load_laion_clap_text(model.conditioner.clap, path)
+    except (ValueError, FileNotFoundError) as e:
+        raise CheckpointError(str(e)) from None
+    _set_tokenizer(model, tok_folder)
+
+
+def _reject_meta(model: StableAudioModel) -> None:
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:
+        raise CheckpointError(f"tensors not loaded from the checkpoint: {', '.join(left[:8])}")

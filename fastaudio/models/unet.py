@@ -1,0 +1,367 @@
+"""The Stable Audio 1.0 U-Net: audio-diffusion-pytorch's UNetCFG1d as stable-audio-tools
+configures it (907 M parameters at SA1.0 size).
+
+Module and parameter names are the reference's (``to_in.block.block1.groupnorm``,
+``downsamples.0.transformer.blocks.0.attention.to_q`` …) so its checkpoints load by stripping
+the ``model.model.`` prefix. The compute runs through fastaudio.nn: GroupNorm + FiLM + SiLU fused,
+the ResNet residual added in the conv epilogue, attention through the backend dispatcher.
+
+Shapes: x (B, in_channels, L) with L a multiple of prod(factors) (16 for SA1.0);
+t (B,) in [0, 1]; context (B, 79, 768); context_mask (B, 79) bool, True keeps.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import UNetConfig
+from ..nn.attention import attention
+from ..nn.conv import SamePadConv1d, TrimConvTranspose1d
+from ..nn.norm import GroupNorm
+
+
+class UNetInputError(ValueError):
+    """Inputs of the wrong shape or dtype for the U-Net."""
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet blocks
+# ---------------------------------------------------------------------------------------------
+
+class ConvBlock1d(nn.Module):
+    """GroupNorm → (FiLM) → SiLU → conv k3, the norm, FiLM and SiLU in one fused op."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int):
+        super().__init__()
+        self.groupnorm = GroupNorm(num_groups, in_channels)
+        self.project = SamePadConv1d(in_channels, out_channels, kernel_size=3)
+
+    def forward(self, x: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
+                residual: Optional[Tensor] = None) -> Tensor:
+        return self.project(self.groupnorm(x, scale, shift, silu=True), residual=residual)
+
+
+class MappingToScaleShift(nn.Module):
+    def __init__(self, features: int, channels: int):
+        super().__init__()
+        self.to_scale_shift = nn.Sequential(nn.SiLU(), nn.Linear(features, channels * 2))
+
+    def forward(self, mapping: Tensor) -> Tuple[Tensor, Tensor]:
+        scale, shift = self.to_scale_shift(mapping).chunk(2, dim=1)
+        return scale, shift  # (B, C) each
+
+
+class ResnetBlock1d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, num_groups: int,
+                 mapping_features: Optional[int]):
+        super().__init__()
+        self.block1 = ConvBlock1d(in_channels, out_channels, num_groups)
+        self.use_mapping = mapping_features is not None
+        if self.use_mapping:
+            self.to_scale_shift = MappingToScaleShift(mapping_features, out_channels)
+        self.block2 = ConvBlock1d(out_channels, out_channels, num_groups)
+        self.to_out = (SamePadConv1d(in_channels, out_channels, kernel_size=1)
+                       if in_channels != out_channels else nn.Identity())
+
+    def forward(self, x: Tensor, mapping: Optional[Tensor] = None) -> Tensor:
+        h = self.block1(x)
+        scale = shift = None
+        if self.use_mapping:
+            scale, shift = self.to_scale_shift(mapping)
+        return self.block2(h, scale, shift, residual=self.to_out(x))
+
+
+class Patcher(nn.Module):
+    """The U-Net's input block (patch size 1: a ResNet block with one group)."""
+
+    def __init__(self, in_channels: int, out_channels: int, mapping_features: Optional[int]):
+        super().__init__()
+        self.block = ResnetBlock1d(in_channels, out_channels, 1, mapping_features)
+
+    def forward(self, x: Tensor, mapping: Optional[Tensor]) -> Tensor:
+        return self.block(x, mapping)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer
+# ---------------------------------------------------------------------------------------------
+
+class AttentionOut(nn.Module):
+    """Holds the output projection under the reference's name (``attention.to_out``)."""
+
+    def __init__(self, mid_features: int, out_features: int):
+        super().__init__()
+        self.to_out = nn.Linear(mid_features, out_features)
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head attention. For self-attention k and v come from ``norm_context(x)``,
+    exactly as the reference computes them (it normalises the context even when it is x)."""
+
+    def __init__(self, features: int, num_heads: int, head_features: int,
+                 context_features: Optional[int] = None):
+        super().__init__()
+        mid = num_heads * head_features
+        ctx = context_features if context_features is not None else features
+        self.num_heads = num_heads
+        self.norm = nn.LayerNorm(features)
+        self.norm_context = nn.LayerNorm(ctx)
+        self.to_q = nn.Linear(features, mid, bias=False)
+        self.to_kv = nn.Linear(ctx, mid * 2, bias=False)
+        self.attention = AttentionOut(mid, features)
+
+    def forward(self, x: Tensor, context: Optional[Tensor] = None,
+                context_mask: Optional[Tensor] = None) -> Tensor:
+        context = x if context is None else context
+        b, n, _ = x.shape
+        q = self.to_q(self.norm(x))
+        k, v = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
+        h = self.num_heads
+        q, k, v = (t.reshape(b, t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
+        out = attention(q, k, v, key_padding_mask=context_mask, mask_mode="zero")
+        out = out.transpose(1, 2).reshape(b, n, -1)
+        return self.attention.to_out(out)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, features: int, num_heads: int, head_features: int, multiplier: int,
+                 context_features: Optional[int]):
+        super().__init__()
+        self.attention = Attention(features, num_heads, head_features)
+        self.use_cross_attention = bool(context_features)
+        if self.use_cross_attention:
+            self.cross_attention = Attention(features, num_heads, head_features, context_features)
+        self.feed_forward = nn.Sequential(nn.Linear(features, features * multiplier), nn.GELU(),
+                                          nn.Linear(features * multiplier, features))
+
+    def forward(self, x: Tensor, context: Optional[Tensor], context_mask: Optional[Tensor]) -> Tensor:
+        x = x + self.attention(x)
+        if self.use_cross_attention:
+            x = x + self.cross_attention(x, context, context_mask)
+        return x + self.feed_forward(x)
+
+
+class Transformer1d(nn.Module):
+    """GroupNorm(32) → 1×1 conv → blocks over (B, L, C) → 1×1 conv; no outer residual."""
+
+    def __init__(self, num_layers: int, channels: int, num_heads: int, multiplier: int,
+                 context_features: Optional[int]):
+        super().__init__()
+        head_features = channels // num_heads
+        # Indices match the reference's Sequential (GroupNorm, Conv1d, Rearrange).
+        self.to_in = nn.Sequential(GroupNorm(32, channels, eps=1e-6),
+                                   SamePadConv1d(channels, channels, kernel_size=1))
+        self.blocks = nn.ModuleList(
+            TransformerBlock(channels, num_heads, head_features, multiplier, context_features)
+            for _ in range(num_layers))
+        self.to_out = nn.Sequential(nn.Identity(), SamePadConv1d(channels, channels, kernel_size=1))
+
+    def forward(self, x: Tensor, context: Optional[Tensor], context_mask: Optional[Tensor]) -> Tensor:
+        x = self.to_in[1](self.to_in[0](x)).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x, context, context_mask)
+        return self.to_out[1](x.transpose(1, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# U-Net levels
+# ---------------------------------------------------------------------------------------------
+
+class DownsampleBlock1d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, factor: int, kernel_multiplier: int,
+                 num_layers: int, num_groups: int, num_transformer_blocks: int, cfg: UNetConfig,
+                 mapping_features: Optional[int]):
+        super().__init__()
+        self.downsample = SamePadConv1d(in_channels, out_channels,
+                                        kernel_size=factor * kernel_multiplier + 1, stride=factor)
+        self.blocks = nn.ModuleList(
+            ResnetBlock1d(out_channels, out_channels, num_groups, mapping_features)
+            for _ in range(num_layers))
+        self.use_transformer = num_transformer_blocks > 0
+        if self.use_transformer:
+            self.transformer = Transformer1d(num_transformer_blocks, out_channels, cfg.attention_heads,
+                                             cfg.attention_multiplier, cfg.context_embedding_features)
+
+    def forward(self, x, mapping, context, context_mask) -> Tuple[Tensor, List[Tensor]]:
+        x = self.downsample(x)
+        skips = []
+        for block in self.blocks:
+            x = block(x, mapping)
+            skips.append(x)
+        if self.use_transformer:
+            x = self.transformer(x, context, context_mask)
+            skips.append(x)
+        return x, skips
+
+
+class UpsampleBlock1d(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, factor: int, num_layers: int,
+                 num_groups: int, num_transformer_blocks: int, skip_scale: float, use_nearest: bool,
+                 cfg: UNetConfig, mapping_features: Optional[int]):
+        super().__init__()
+        self.skip_scale = skip_scale
+        self.blocks = nn.ModuleList(
+            ResnetBlock1d(in_channels * 2, in_channels, num_groups, mapping_features)
+            for _ in range(num_layers))
+        self.use_transformer = num_transformer_blocks > 0
+        if self.use_transformer:
+            self.transformer = Transformer1d(num_transformer_blocks, in_channels, cfg.attention_heads,
+                                             cfg.attention_multiplier, cfg.context_embedding_features)
+        if factor == 1:
+            self.upsample = SamePadConv1d(in_channels, out_channels, kernel_size=3)
+        elif use_nearest:
+            self.upsample = nn.Sequential(nn.Upsample(scale_factor=factor, mode="nearest"),
+                                          SamePadConv1d(in_channels, out_channels, kernel_size=3))
+        else:
+            self.upsample = TrimConvTranspose1d(in_channels, out_channels, kernel_size=2 * factor,
+                                                stride=factor)
+
+    def forward(self, x, skips: List[Tensor], mapping, context, context_mask) -> Tensor:
+        for block in self.blocks:
+            skip = skips.pop()
+            x = block(torch.cat([x, skip * self.skip_scale if self.skip_scale != 1.0 else skip], 1),
+                      mapping)
+        if self.use_transformer:
+            x = self.transformer(x, context, context_mask)
+        return self.upsample(x)
+
+
+class BottleneckBlock1d(nn.Module):
+    def __init__(self, channels: int, num_groups: int, num_transformer_blocks: int, cfg: UNetConfig,
+                 mapping_features: Optional[int]):
+        super().__init__()
+        self.pre_block = ResnetBlock1d(channels, channels, num_groups, mapping_features)
+        self.use_transformer = num_transformer_blocks > 0
+        if self.use_transformer:
+            self.transformer = Transformer1d(num_transformer_blocks, channels, cfg.attention_heads,
+                                             cfg.attention_multiplier, cfg.context_embedding_features)
+        self.post_block = ResnetBlock1d(channels, channels, num_groups, mapping_features)
+
+    def forward(self, x, mapping, context, context_mask) -> Tensor:
+        x = self.pre_block(x, mapping)
+        if self.use_transformer:
+            x = self.transformer(x, context, context_mask)
+        return self.post_block(x, mapping)
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """Learned Fourier features of t: [t, sin 2πwt, cos 2πwt] (2·half + 1 features)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weights = nn.Parameter(torch.randn(dim // 2))
+
+    def forward(self, t: Tensor) -> Tensor:
+        t = t.unsqueeze(-1)
+        freqs = t * self.weights.unsqueeze(0) * 2 * math.pi
+        return torch.cat([t, freqs.sin(), freqs.cos()], dim=-1)
+
+
+class FixedEmbedding(nn.Module):
+    """The learned null context for classifier-free guidance (79 × 768 for SA1.0)."""
+
+    def __init__(self, max_length: int, features: int):
+        super().__init__()
+        self.max_length = max_length
+        self.embedding = nn.Embedding(max_length, features)
+
+    def forward(self, batch: int, length: int) -> Tensor:
+        if length > self.max_length:
+            raise UNetInputError(f"context of {length} tokens exceeds the {self.max_length} "
+                                 "the null context has")
+        w = self.embedding.weight[:length]
+        return w.unsqueeze(0).expand(batch, -1, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The U-Net
+# ---------------------------------------------------------------------------------------------
+
+class UNet1d(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        ch, mult = cfg.channels, cfg.multipliers
+        n = len(mult) - 1
+        mapping = ch * 4 if cfg.use_context_time else None
+        self.mapping_features = mapping
+        if cfg.use_context_time:
+            self.to_mapping = nn.Sequential(nn.Linear(mapping, mapping), nn.GELU(),
+                                            nn.Linear(mapping, mapping), nn.GELU())
+            self.to_time = nn.Sequential(
+                nn.Sequential(LearnedPositionalEmbedding(ch), nn.Linear(ch + 1, mapping)), nn.GELU())
+        self.to_in = Patcher(cfg.in_channels, ch * mult[0], mapping)
+        self.downsamples = nn.ModuleList(
+            DownsampleBlock1d(ch * mult[i], ch * mult[i + 1], cfg.factors[i],
+                              cfg.kernel_multiplier_downsample, cfg.num_blocks[i], cfg.resnet_groups,
+                              cfg.attentions[i], cfg, mapping)
+            for i in range(n))
+        self.bottleneck = BottleneckBlock1d(ch * mult[-1], cfg.resnet_groups, cfg.attentions[-1],
+                                            cfg, mapping)
+        skip_scale = 2 ** -0.5 if cfg.use_skip_scale else 1.0
+        self.upsamples = nn.ModuleList(
+            UpsampleBlock1d(ch * mult[i + 1], ch * mult[i], cfg.factors[i],
+                            cfg.num_blocks[i] + (1 if cfg.attentions[i] else 0), cfg.resnet_groups,
+                            cfg.attentions[i], skip_scale, cfg.use_nearest_upsample, cfg, mapping)
+            for i in reversed(range(n)))
+        self.to_out = Patcher(ch * mult[0], cfg.in_channels, mapping)
+        self.fixed_embedding = FixedEmbedding(cfg.context_embedding_max_length,
+                                              cfg.context_embedding_features)
+        self.length_multiple = math.prod(cfg.factors)
+
+    @torch.no_grad()
+    def scale_initial_weights(self, factor: float = 0.5) -> None:
+        """The reference multiplies every parameter by 0.5 after initialisation."""
+        for p in self.parameters():
+            p.mul_(factor)
+
+    def null_context(self, batch: int, length: int) -> Tensor:
+        return self.fixed_embedding(batch, length)
+
+    def check_inputs(self, x: Tensor, t: Tensor, context: Optional[Tensor],
+                     context_mask: Optional[Tensor]) -> Tensor:
+        cfg = self.config
+        if x.dim() != 3 or x.shape[1] != cfg.in_channels:
+            raise UNetInputError(f"x must be (batch, {cfg.in_channels}, length), got {tuple(x.shape)}")
+        if x.shape[-1] % self.length_multiple:
+            raise UNetInputError(f"latent length {x.shape[-1]} must be a multiple of "
+                                 f"{self.length_multiple} (the U-Net downsamples by that much)")
+        b = x.shape[0]
+        t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+        if t.dim() == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise UNetInputError(f"t must be a scalar or ({b},), got {tuple(t.shape)}")
+        if cfg.context_embedding_features:
+            if context is None:
+                raise UNetInputError("context is required (use null_context() for none)")
+            if context.dim() != 3 or context.shape[0] != b or \
+                    context.shape[2] != cfg.context_embedding_features:
+                raise UNetInputError(f"context must be ({b}, tokens, {cfg.context_embedding_features}), "
+                                     f"got {tuple(context.shape)}")
+            if context_mask is not None and context_mask.shape != context.shape[:2]:
+                raise UNetInputError(f"context_mask must be {tuple(context.shape[:2])}, got "
+                                     f"{tuple(context_mask.shape)}")
+        return t
+
+    def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None,
+                context_mask: Optional[Tensor] = None) -> Tensor:
+        """The v-prediction for latents ``x`` at diffusion time ``t``."""
+        t = self.check_inputs(x, t, context, context_mask)
+        if context_mask is not None:
+            context_mask = context_mask.to(torch.bool)
+        mapping = self.to_mapping(self.to_time(t)) if self.config.use_context_time else None
+        x = self.to_in(x, mapping)
+        skips_list: List = [x]
+        for down in self.downsamples:
+            x, skips = down(x, mapping, context, context_mask)
+            skips_list.append(skips)
+        x = self.bottleneck(x, mapping, context, context_mask)
+        for up in self.upsamples:
+            x = up(x, skips_list.pop(), mapping, context, context_mask)
+        x = x + skips_list.pop()
+        return self.to_out(x, mapping)

@@ -1,0 +1,190 @@
+"""1-D convolutions: plain, weight-normalised (DAC), and the U-Net's length-preserving padding.
+
+``conv1d`` adds the bias and an optional residual in the epilogue of our Triton implicit GEMM on
+CUDA; elsewhere it is ``F.pad`` + ``F.conv1d`` + add. Parameter names follow the torch modules they
+replace (``weight``, ``bias``; ``weight_g``/``weight_v`` for weight norm) so reference
+checkpoints load unchanged. Weight norm is folded away for inference with :func:`fold_weight_norm`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .dispatch import use_triton
+
+Padding = Union[int, Tuple[int, int]]
+
+
+def _pair(padding: Padding) -> Tuple[int, int]:
+    if isinstance(padding, int):
+        return padding, padding
+    left, right = padding
+    return int(left), int(right)
+
+
+def _triton_reason(x, weight, bias, stride, padding, dilation, residual) -> Optional[str]:
+    try:
+        from fastaudio.kernels.conv1d import conv1d_unsupported_reason
+    except ImportError as e:
+        return f"Triton kernels unavailable ({e})"
+    return conv1d_unsupported_reason(x, weight, bias, stride, padding, dilation, residual)
+
+
+def conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
+                 padding: Padding = 0, dilation: int = 1,
+                 residual: Optional[Tensor] = None) -> Tensor:
+    left, right = _pair(padding)
+    if left == right:
+        y = F.conv1d(x, weight, bias, stride, left, dilation)
+    else:
+        y = F.conv1d(F.pad(x, (left, right)), weight, bias, stride, 0, dilation)
+    return y if residual is None else y + residual
+
+
+def conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
+           padding: Padding = 0, dilation: int = 1, residual: Optional[Tensor] = None) -> Tensor:
+    """Conv1d (+ bias + residual) with zero padding ``padding`` = int or (left, right)."""
+    if use_triton("conv1d", x.is_cuda,
+                  lambda: _triton_reason(x, weight, bias, stride, padding, dilation, residual)):
+        from fastaudio.kernels.conv1d import conv1d as conv1d_triton
+        return conv1d_triton(x, weight, bias, stride=stride, padding=_pair(padding),
+                             dilation=dilation, residual=residual)
+    return conv1d_torch(x, weight, bias, stride, padding, dilation, residual)
+
+
+class Conv1d(nn.Conv1d):
+    """``nn.Conv1d`` (same parameters) whose forward takes an optional fused residual."""
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        return conv1d(x, self.weight, self.bias, self.stride[0], self.padding[0],
+                      self.dilation[0], residual)
+
+
+class SamePadConv1d(nn.Conv1d):
+    """The U-Net's conv: pads so that the output has ceil(L / stride) frames.
+
+    audio-diffusion-pytorch pads ``kernel_eff - stride`` in total, the extra frame on the left,
+    plus whatever the last window needs on the right; we compute the same (left, right).
+    """
+
+    def padding_for(self, length: int) -> Tuple[int, int]:
+        k = (self.kernel_size[0] - 1) * self.dilation[0] + 1
+        s = self.stride[0]
+        total = k - s
+        frames = math.ceil((length - k + total) / s) + 1
+        extra = (frames - 1) * s + (k - total) - length
+        right = total // 2
+        return total - right, right + extra
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        return conv1d(x, self.weight, self.bias, self.stride[0], self.padding_for(x.shape[-1]),
+                      self.dilation[0], residual)
+
+
+class TrimConvTranspose1d(nn.ConvTranspose1d):
+    """The U-Net's upsampler: a transposed conv trimmed of ``kernel - stride`` frames."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.conv_transpose1d(x, self.weight, self.bias, self.stride[0])
+        total = self.kernel_size[0] - self.stride[0]
+        right = total // 2
+        left = total - right
+        return y[..., left: y.shape[-1] - right]
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight norm (DAC): weight = g · v / ‖v‖, the norm over every dim but 0, as
+# torch.nn.utils.weight_norm(dim=0) computes it.
+# ---------------------------------------------------------------------------------------------
+
+def _norm_except_dim0(v: Tensor) -> Tensor:
+    return v.norm(2, dim=tuple(range(1, v.dim())), keepdim=True)
+
+
+class _WeightNormMixin:
+    """Holds ``weight_g``/``weight_v`` until folded into a plain ``weight``.
+
+    Loading accepts all three layouts a checkpoint may use: ``weight_g``/``weight_v`` (old
+    torch.nn.utils.weight_norm, what stable-audio-tools checkpoints contain),
+    ``parametrizations.weight.original0/1`` (torch.nn.utils.parametrizations), and a folded
+    ``weight`` (converted exactly: g = ‖w‖, v = w).
+    """
+
+    folded: bool
+
+    def _init_weight_norm(self) -> None:
+        w = self.weight.detach()
+        del self.weight
+        self.weight_v = nn.Parameter(w.clone())
+        self.weight_g = nn.Parameter(_norm_except_dim0(w).clone())
+        self.folded = False
+
+    def current_weight(self) -> Tensor:
+        if self.folded:
+            return self.weight
+        return self.weight_g * (self.weight_v / _norm_except_dim0(self.weight_v))
+
+    @torch.no_grad()
+    def fold_weight_norm(self) -> None:
+        if self.folded:
+            return
+        w = self.current_weight().detach().clone()
+        del self.weight_g, self.weight_v
+        self.weight = nn.Parameter(w, requires_grad=False)
+        self.folded = True
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        g_key, v_key, w_key = prefix + "weight_g", prefix + "weight_v", prefix + "weight"
+        p0, p1 = prefix + "parametrizations.weight.original0", prefix + "parametrizations.weight.original1"
+        if p0 in state_dict and p1 in state_dict:
+            state_dict[g_key] = state_dict.pop(p0)
+            state_dict[v_key] = state_dict.pop(p1)
+        if self.folded and g_key in state_dict and v_key in state_dict:
+            g, v = state_dict.pop(g_key), state_dict.pop(v_key)
+            if g.shape == self.weight.shape[:1] + (1,) * (self.weight.dim() - 1) and v.shape == self.weight.shape:
+                state_dict[w_key] = g * (v / _norm_except_dim0(v))
+            else:
+                error_msgs.append(f"size mismatch for {prefix}weight_g/weight_v: checkpoint "
+                                  f"{tuple(g.shape)}/{tuple(v.shape)}, model weight {tuple(self.weight.shape)}")
+                return
+        elif not self.folded and w_key in state_dict and g_key not in state_dict:
+            w = state_dict.pop(w_key)
+            state_dict[v_key] = w
+            state_dict[g_key] = _norm_except_dim0(w)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+
+class WNConv1d(_WeightNormMixin, nn.Conv1d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_weight_norm()
+
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        return conv1d(x, self.current_weight(), self.bias, self.stride[0], self.padding[0],
+                      self.dilation[0], residual)
+
+
+class WNConvTranspose1d(_WeightNormMixin, nn.ConvTranspose1d):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_weight_norm()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv_transpose1d(x, self.current_weight(), self.bias, self.stride[0],
+                                  self.padding[0], self.output_padding[0], 1, self.dilation[0])
+
+
+def fold_weight_norm(module: nn.Module) -> int:
+    """Fold every weight-normalised conv under ``module``; returns how many were folded."""
+    count = 0
+    for m in module.modules():
+        if isinstance(m, _WeightNormMixin) and not m.folded:
+            m.fold_weight_norm()
+            count += 1
+    return count
