@@ -1,0 +1,45 @@
+"""The SA1.0 preset has the paper's and the reference's parameter counts (built on meta)."""
+import pytest
+import torch
+
+from fastaudio import build_model
+from fastaudio.models.unet import Attention, TransformerBlock
+
+
+@pytest.fixture(scope="module")
+def sa10():
+    return build_model("stable-audio-1.0", device="meta")
+
+
+def _close(got, want, rel=1e-3):
+    return abs(got - want) <= rel * want
+
+
+def test_vae_parameter_count(sa10):
+    counts = sa10.parameter_counts()
+    assert _close(counts["vae"], 133.43e6), counts["vae"]
+    assert _close(counts["vae.encoder"], 89.57e6), counts["vae.encoder"]
+    assert _close(counts["vae.decoder"], 43.86e6), counts["vae.decoder"]
+
+
+def test_unet_parameter_count(sa10):
+    assert _close(sa10.parameter_counts()["unet"], 906.68e6), sa10.parameter_counts()["unet"]
+
+
+def test_unet_structure(sa10):
+    blocks = [m for m in sa10.unet.modules() if isinstance(m, TransformerBlock)]
+    assert len(blocks) == 23
+    head_dims = {m.to_q.out_features // m.num_heads for m in sa10.unet.modules()
+                 if isinstance(m, Attention)}
+    assert head_dims == {64, 80}
+    assert tuple(sa10.unet.fixed_embedding.embedding.weight.shape) == (79, 768)
+
+
+def test_timing_tables_and_text_tower(sa10):
+    for table in (sa10.conditioner.seconds_start, sa10.conditioner.seconds_total):
+        assert tuple(table.int_embedder.weight.shape) == (513, 768)
+    text = sa10.conditioner.clap.text_branch
+    assert len(text.encoder.layer) == 12
+    assert tuple(text.embeddings.word_embeddings.weight.shape) == (50265, 768)
+    assert all(p.device.type == "meta" for p in sa10.parameters())
+    assert sa10.unet.fixed_embedding.embedding.weight.dtype == torch.float32

@@ -1,0 +1,94 @@
+"""The U-Net: fidelity to stable-audio-tools' UNetCFG1d with the same weights, shapes, errors."""
+import dataclasses
+
+import pytest
+import torch
+
+import reference_impl as R
+from fastaudio.config import UNetConfig, preset
+from fastaudio.models.unet import UNet1d, UNetInputError
+
+CONFIGS = {
+    "tiny": preset("tiny").unet,
+    "no-attention-top-nearest": UNetConfig(
+        in_channels=6, channels=32, multipliers=[1, 2, 1, 2], factors=[2, 1, 4],
+        num_blocks=[1, 2, 1], attentions=[0, 1, 0, 2], attention_heads=4, attention_multiplier=2,
+        resnet_groups=8, use_nearest_upsample=True, use_skip_scale=False,
+        context_embedding_features=24, context_embedding_max_length=11),
+    "odd-context": UNetConfig(
+        in_channels=4, channels=64, multipliers=[1, 1, 1], factors=[4, 2], num_blocks=[1, 1],
+        attentions=[1, 1, 1], attention_heads=4, attention_multiplier=3, resnet_groups=4,
+        kernel_multiplier_downsample=4, context_embedding_features=40,
+        context_embedding_max_length=9),
+}
+
+
+def _pair(cfg: UNetConfig):
+    adp = R.adp()
+    torch.manual_seed(0)
+    ref = adp.UNetCFG1d(**dataclasses.asdict(cfg)).eval()
+    with torch.no_grad():  # move every parameter away from its init (LayerNorm, GN affine …)
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ours = UNet1d(cfg).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_matches_reference_unet(name):
+    cfg = CONFIGS[name]
+    ref, ours = _pair(cfg)
+    mult = 1
+    for f in cfg.factors:
+        mult *= f
+    b, length, n_ctx = 2, 3 * mult, cfg.context_embedding_max_length
+    x = torch.randn(b, cfg.in_channels, length)
+    t = torch.rand(b)
+    ctx = torch.randn(b, n_ctx, cfg.context_embedding_features)
+    mask = torch.ones(b, n_ctx, dtype=torch.bool)
+    mask[0, n_ctx // 3: n_ctx - 2] = False  # ragged prompt mask; timing tokens kept
+    with torch.no_grad():
+        want = ref(x, t, embedding=ctx, embedding_mask=mask)
+        got = ours(x, t, ctx, mask)
+        want_nomask = ref(x, t, embedding=ctx)
+        got_nomask = ours(x, t, ctx)
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= 1e-5 * scale
+    assert (got_nomask - want_nomask).abs().max() <= 1e-5 * want_nomask.abs().max()
+    assert (want - want_nomask).abs().max() > 1e-3 * scale  # the mask mattered
+
+
+@pytest.mark.reference
+def test_null_context_is_the_reference_fixed_embedding():
+    cfg = CONFIGS["tiny"]
+    ref, ours = _pair(cfg)
+    ctx = torch.randn(3, 79, cfg.context_embedding_features)
+    torch.testing.assert_close(ours.null_context(3, 79), ref.fixed_embedding(ctx))
+
+
+@pytest.mark.parametrize("length", [16, 48, 112])
+def test_any_length_multiple_of_16(length):
+    cfg = preset("tiny").unet
+    unet = UNet1d(cfg).eval()
+    x = torch.randn(1, cfg.in_channels, length)
+    with torch.no_grad():
+        v = unet(x, torch.tensor([0.3]), unet.null_context(1, 79))
+    assert v.shape == x.shape and torch.isfinite(v).all()
+
+
+def test_bad_inputs_are_named():
+    cfg = preset("tiny").unet
+    unet = UNet1d(cfg).eval()
+    ctx = unet.null_context(1, 79)
+    with pytest.raises(UNetInputError, match="multiple of 16"):
+        unet(torch.randn(1, cfg.in_channels, 40), torch.tensor([0.5]), ctx)
+    with pytest.raises(UNetInputError, match="x must be"):
+        unet(torch.randn(1, cfg.in_channels + 1, 32), torch.tensor([0.5]), ctx)
+    with pytest.raises(UNetInputError, match="t must be"):
+        unet(torch.randn(1, cfg.in_channels, 32), torch.rand(3), ctx)
+    with pytest.raises(UNetInputError, match="context must be"):
+        unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), torch.randn(1, 79, 5))
+    with pytest.raises(UNetInputError, match="context is required"):
+        unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), None)
