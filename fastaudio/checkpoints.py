@@ -27,6 +27,7 @@ from .atomic import atomic_path, atomic_write_text
 from .config import ConfigError, ModelConfig, config_from_obj, config_to_json
 from .models.clap import CLAP, load_laion_clap_text
 from .models.stable_audio import StableAudioModel
+from .errors import FastAudioError
 
 log = logging.getLogger("fastaudio")
 
@@ -46,7 +47,7 @@ SAT_PREFIXES: List[Tuple[str, str]] = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FastAudioError, ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model."""
 
 

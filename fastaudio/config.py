@@ -22,8 +22,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from .errors import FastAudioError
 
-class ConfigError(ValueError):
+
+class ConfigError(FastAudioError, ValueError):
     """A configuration value or key is invalid; the message names the key path."""
 
 

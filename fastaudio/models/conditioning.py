@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .clap import CLAP
+from ..errors import FastAudioError
 
 Seconds = Union[float, int, Sequence[Union[float, int]], Tensor]
 
 
-class ConditioningError(ValueError):
+class ConditioningError(FastAudioError, ValueError):
     """Prompts or seconds that cannot be conditioned on."""
 
 

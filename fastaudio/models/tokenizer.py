@@ -18,11 +18,12 @@ from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from ..errors import FastAudioError
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 
 
-class TokenizerError(ValueError):
+class TokenizerError(FastAudioError, ValueError):
     """Tokenizer files are missing or unreadable, or a prompt is not text."""
 
 

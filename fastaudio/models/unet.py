@@ -22,9 +22,10 @@ from ..config import UNetConfig
 from ..nn.attention import attention
 from ..nn.conv import SamePadConv1d, TrimConvTranspose1d
 from ..nn.norm import GroupNorm
+from ..errors import FastAudioError
 
 
-class UNetInputError(ValueError):
+class UNetInputError(FastAudioError, ValueError):
     """Inputs of the wrong shape or dtype for the U-Net."""
 
 

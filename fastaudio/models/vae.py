@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from ..config import VAEConfig, VAEDecoderConfig, VAEEncoderConfig
 from ..nn.conv import WNConv1d, WNConvTranspose1d, fold_weight_norm
 from ..nn.snake import Snake1d
+from ..errors import FastAudioError
 
 
-class AudioInputError(ValueError):
+class AudioInputError(FastAudioError, ValueError):
     """Audio given to the model has the wrong shape, dtype, length or values."""
 
 

@@ -21,6 +21,7 @@ import os
 import threading
 from collections import Counter
 from typing import Callable, Optional
+from ..errors import FastAudioError
 
 log = logging.getLogger("fastaudio.kernels")
 
@@ -32,7 +33,7 @@ _lock = threading.Lock()
 path_counts: Counter = Counter()
 
 
-class KernelUnavailableError(RuntimeError):
+class KernelUnavailableError(FastAudioError, RuntimeError):
     """A strict setting asked for a fast path that cannot serve this input."""
 
 
