@@ -22,8 +22,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "transformers", "einops", "einops-exts"],
-        "train": ["soxr", "tensorboard"],
+        "test": ["pytest", "transformers", "einops", "einops-exts", "soxr", "scipy", "auraloss==0.4.0"],
+        "train": ["soxr", "tensorboard", "scipy"],
         "gpu": ["flash-attn", "xformers"],
     },
     entry_points={"console_scripts": ["fastaudio=fastaudio.cli:main"]},
