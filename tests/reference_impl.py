@@ -96,3 +96,30 @@ def transformers_roberta():
     except Exception as e:  # ImportError or a broken install
         _missing(f"transformers is not importable ({e})")
     return RobertaConfig, RobertaModel
+
+
+def auraloss():
+    """auraloss 0.4.0's ``freq`` and ``perceptual`` modules (A-weighting needs scipy).
+
+    auraloss imports only torch and numpy at package level, so the package itself is imported;
+    if that fails (a broken install), its two files are loaded on their own from the package
+    folder, with its tiny ``utils`` beside them."""
+    if "auraloss" in _cache:
+        return _cache["auraloss"]
+    if importlib.util.find_spec("scipy") is None:
+        _missing("scipy is not installed (auraloss's A-weighting filter is designed with it)")
+    root = _package_dir("auraloss")
+    if root is None:
+        _missing("auraloss is not installed (pip install --no-deps auraloss==0.4.0)")
+    try:
+        freq = importlib.import_module("auraloss.freq")
+        perceptual = importlib.import_module("auraloss.perceptual")
+    except ImportError:
+        pkg = types.ModuleType("_ref_auraloss")
+        pkg.__path__ = [root]
+        sys.modules["_ref_auraloss"] = pkg
+        for name in ("utils", "perceptual", "freq"):
+            _load_file(f"_ref_auraloss.{name}", os.path.join(root, f"{name}.py"))
+        freq, perceptual = sys.modules["_ref_auraloss.freq"], sys.modules["_ref_auraloss.perceptual"]
+    _cache["auraloss"] = types.SimpleNamespace(freq=freq, perceptual=perceptual)
+    return _cache["auraloss"]

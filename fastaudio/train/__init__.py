@@ -1,0 +1,1 @@
+"""Training: the VAE, CLAP and latent-diffusion stages behind `fastaudio train`."""

@@ -1,0 +1,154 @@
+"""Training configuration: one JSON file per run, strict like the model configs.
+
+``default_train_config(stage, model_config)`` gives the reference's settings scaled to the
+model: AdamW (VAE and discriminator: lr 1e-4, betas (0.8, 0.99), ExponentialLR γ 0.999996;
+diffusion: lr 4e-5), EMA, 10 % context dropout for guidance. A JSON file overrides any field;
+unknown keys and wrong types are errors naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import List
+
+from ..config import ConfigError, ModelConfig, from_dict
+
+STAGES = ("vae", "clap", "diffusion")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    eps: float = 1e-8
+    schedule: str = "constant"  # constant | exponential | cosine
+    gamma: float = 0.999996      # exponential decay per step
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1    # cosine floor
+
+
+@dataclass
+class VAETrainConfig:
+    sample_size: int = 65536
+    mrstft_weight: float = 1.0
+    kl_weight: float = 1e-6
+    adversarial_weight: float = 0.1
+    feature_matching_weight: float = 5.0
+    use_discriminator: bool = True
+    discriminator_start: int = 0       # steps of spectral-only training before the GAN losses
+    discriminator_filters: int = 32
+    freeze_encoder_after: int = -1     # the paper's second stage: encoder frozen after N steps
+    discriminator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=1e-4, betas=[0.8, 0.99], schedule="exponential"))
+
+
+@dataclass
+class CLAPTrainConfig:
+    sample_seconds: float = 10.0       # audio crop length for the audio tower
+    prompt_style: str = "mixed"
+
+
+@dataclass
+class DiffusionTrainConfig:
+    cfg_dropout: float = 0.1
+    prompt_style: str = "mixed"
+    latent_cache: str = ""             # a folder from build_latent_cache; "" encodes on the fly
+    demo_prompts: List[str] = field(default_factory=lambda: ["a slow solo piano melody in D minor, 70 BPM"])
+    demo_seconds: List[float] = field(default_factory=lambda: [8.0])
+    demo_steps: int = 50
+    demo_cfg_scale: float = 5.0
+
+
+@dataclass
+class DataConfig:
+    on_bad: str = "skip"               # skip | fail: what unusable files do to the run
+    convert: bool = True               # resample / upmix files that differ from 44.1 kHz stereo
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "diffusion"
+    steps: int = 1000
+    batch_size: int = 4                # global batch (split across processes)
+    grad_accum: int = 1
+    precision: str = "fp32"            # fp32 | bf16 (autocast)
+    grad_clip: float = 1.0             # 0 disables
+    ema_decay: float = 0.999           # 0 disables
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    demo_every: int = 0                # 0 disables
+    strategy: str = "auto"             # auto | ddp | fsdp (under torchrun)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    vae: VAETrainConfig = field(default_factory=VAETrainConfig)
+    clap: CLAPTrainConfig = field(default_factory=CLAPTrainConfig)
+    diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> "TrainConfig":
+        def need(ok, key, why):
+            if not ok:
+                raise ConfigError(f"{key}: {why}")
+        need(self.stage in STAGES, "stage", f"{self.stage!r} is not one of {', '.join(STAGES)}")
+        need(self.steps > 0, "steps", "must be positive")
+        need(self.batch_size > 0 and self.grad_accum > 0, "batch_size", "batch_size and grad_accum must be positive")
+        need(self.precision in ("fp32", "bf16"), "precision", "fp32 or bf16")
+        need(self.strategy in ("auto", "ddp", "fsdp"), "strategy", "auto, ddp or fsdp")
+        need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
+        need(self.keep_last >= 1, "keep_last", "at least 1")
+        need(self.data.on_bad in ("skip", "fail"), "data.on_bad", "skip or fail")
+        for key, o in (("optim", self.optim), ("vae.discriminator_optim", self.vae.discriminator_optim)):
+            need(o.schedule in ("constant", "exponential", "cosine"), f"{key}.schedule",
+                 "constant, exponential or cosine")
+            need(o.lr > 0 and len(o.betas) == 2, f"{key}", "lr > 0 and two betas")
+        need(0 <= self.diffusion.cfg_dropout <= 1, "diffusion.cfg_dropout", "in [0, 1]")
+        return self
+
+
+def default_train_config(stage: str, model: ModelConfig) -> TrainConfig:
+    cfg = TrainConfig(stage=stage)
+    if stage == "vae":
+        cfg.optim = OptimConfig(lr=1e-4, betas=[0.8, 0.99], schedule="exponential")
+    elif stage == "clap":
+        cfg.optim = OptimConfig(lr=1e-4, betas=[0.9, 0.98], weight_decay=0.01, schedule="cosine",
+                                warmup_steps=100)
+        cfg.clap.sample_seconds = min(model.clap.audio.max_seconds, model.window_seconds)
+    elif stage == "diffusion":
+        cfg.optim = OptimConfig(lr=4e-5, betas=[0.9, 0.999], weight_decay=1e-3)
+    else:
+        raise ConfigError(f"stage {stage!r} is not one of {', '.join(STAGES)}")
+    return cfg.validate()
+
+
+def train_config_from_json(text: str, base: TrainConfig, source: str = "train config") -> TrainConfig:
+    """Overlay a JSON object on ``base`` (nested objects merge); strict about keys and types."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{source}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object")
+    merged = _merge(dataclasses.asdict(base), data, "")
+    return from_dict(TrainConfig, merged).validate()
+
+
+def _merge(base: dict, over: dict, path: str) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        where = f"{path}.{key}" if path else key
+        if key not in base:
+            raise ConfigError(f"unknown training config key {where!r} "
+                              f"(known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            out[key] = _merge(base[key], value, where)
+        else:
+            out[key] = value
+    return out
+
+
+def train_config_to_json(cfg: TrainConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2) + "\n"

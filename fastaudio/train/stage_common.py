@@ -1,0 +1,80 @@
+"""What the three stages share: the model they train, the audited dataset, export."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from typing import List, Optional
+
+import torch
+
+from ..checkpoints import load_model, save_model
+from ..models.stable_audio import StableAudioModel, build_model
+from .trainer import Stage, TrainingError
+
+log = logging.getLogger("fastaudio.train")
+
+
+def model_from_args(init: Optional[str], preset: Optional[str], seed: int) -> StableAudioModel:
+    """The model a run starts from: a model folder (``--init``) or a preset's fresh weights."""
+    if init and preset:
+        raise TrainingError("give --init MODEL or --preset NAME, not both")
+    if init:
+        return load_model(init)
+    return build_model(preset or "small", seed=seed)
+
+
+def audited_items(data: str, sample_rate: int, min_seconds: float, on_bad: str, convert: bool,
+                  is_main: bool):
+    """Manifest (or folder) → items whose audio can be used; bad files reported by name before
+    training starts, and either skipped or fatal (``on_bad``)."""
+    from ..data.decode import audit
+    from ..data.manifest import read_manifest, scan_folder
+    items = scan_folder(data) if os.path.isdir(data) else read_manifest(data)
+    report = audit(items, sample_rate=sample_rate, min_seconds=min_seconds, convert=convert)
+    if is_main:
+        log.warning("%s", report.summary())
+    return report.usable(on_bad)
+
+
+class ModelStage(Stage):
+    """A stage that trains part of a :class:`StableAudioModel` and exports the whole model."""
+
+    def __init__(self, trainer, model: StableAudioModel, data: str, init: Optional[str]):
+        super().__init__(trainer)
+        self.model = model.to(trainer.device)
+        self.data_path = data
+        self.init = init
+        self.started = time.time()
+
+    def audio_items(self, min_seconds: float):
+        t = self.trainer
+        return audited_items(self.data_path, self.model.config.sample_rate, min_seconds,
+                             t.cfg.data.on_bad, t.cfg.data.convert, t.dist.is_main)
+
+    def export(self, folder: str) -> None:
+        t = self.trainer
+        with t.ema_weights():
+            os.makedirs(folder, exist_ok=True)
+            save_model(self.model, folder)
+        records: List[dict] = []
+        if self.init:  # keep the records of earlier stages beside the weights
+            for name in sorted(os.listdir(self.init)):
+                if name.startswith("training-") and name.endswith(".json"):
+                    shutil.copyfile(os.path.join(self.init, name), os.path.join(folder, name))
+        from .run_log import read_log
+        final = [r for r in read_log(t.log.path) if r.get("kind") == "train"][-1:]
+        record = {
+            "stage": self.name, "steps": t.step, "data": os.path.abspath(self.data_path),
+            "init": self.init, "wall_time_s": round(time.time() - self.started, 1),
+            "processes": t.dist.world, "device": str(t.device),
+            "final_log": final[0] if final else None, "train_config": asdict(t.cfg),
+            "torch": torch.__version__,
+        }
+        records.append(record)
+        from ..atomic import atomic_write_text
+        atomic_write_text(os.path.join(folder, f"training-{self.name}.json"),
+                          json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,113 @@
+"""VAE training: reconstruction (MR-STFT on sum/difference and on L and R, A-weighted), KL, and
+the EnCodec-style multi-scale STFT discriminator (hinge + feature matching), as the reference
+VAE config sets them.
+
+Two update groups each step: the autoencoder (generator) against the current discriminator, then
+the discriminator on the step's reconstructions. (stable-audio-tools alternates the two on odd
+and even steps; updating both every step uses each forward pass twice as well.) The paper's second
+stage freezes the encoder and keeps training the decoder: ``vae.freeze_encoder_after``.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..models.vae import kl_divergence
+from .stage_common import ModelStage
+from .trainer import StepContext, UpdateGroup, sample_generator
+
+
+class AutoencoderTrainModule(nn.Module):
+    def __init__(self, vae, discriminator, recon_loss, cfg):
+        super().__init__()
+        self.vae = vae
+        self.recon_loss = recon_loss
+        # The discriminator is trained by its own group; it is only *used* here, and registering
+        # it would make DDP synchronise its gradients from this group too.
+        self._critic = (discriminator,)
+        self.cfg = cfg
+
+    def forward(self, batch: dict, ctx: StepContext):
+        cfg = self.cfg
+        audio = batch["audio"]
+        frozen = 0 <= cfg.freeze_encoder_after <= ctx.step
+        with torch.set_grad_enabled(not frozen and torch.is_grad_enabled()):
+            pre = self.vae.encoder(audio)
+        mean, scale = pre.chunk(2, dim=1)
+        std = torch.nn.functional.softplus(scale) + 1e-4
+        gens = [sample_generator(ctx.seed, 2, i) for i in ctx.indices]
+        noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(mean)
+        z = mean + std * noise
+        kl = kl_divergence(mean, std)
+        recon = self.vae.decoder(z)[..., : audio.shape[-1]]
+        rec, parts = self.recon_loss(recon, audio)
+        loss = cfg.mrstft_weight * rec + cfg.kl_weight * kl
+        logs = {"loss": 0.0, "mrstft": float(rec), "kl": float(kl), **{k: float(v) for k, v in parts.items()}}
+        ctx.cache[ctx.micro] = {"reals": audio, "fakes": recon.detach()}
+        if cfg.use_discriminator and ctx.step >= cfg.discriminator_start:
+            _, adv, fm = self._critic[0].loss(audio, recon)
+            loss = loss + cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm
+            logs.update(adversarial=float(adv), feature_matching=float(fm))
+        logs["loss"] = float(loss)
+        return loss, logs
+
+
+class DiscriminatorTrainModule(nn.Module):
+    def __init__(self, discriminator):
+        super().__init__()
+        self.discriminator = discriminator
+
+    def forward(self, batch: dict, ctx: StepContext):
+        pair = ctx.cache[ctx.micro]
+        loss, _, _ = self.discriminator.loss(pair["reals"], pair["fakes"])
+        return loss, {"discriminator_loss": float(loss)}
+
+
+class VAEStage(ModelStage):
+    name = "vae"
+
+    def __init__(self, trainer, model, data, init):
+        super().__init__(trainer, model, data, init)
+        from .discriminator import EncodecDiscriminator
+        from .losses import VAEReconstructionLoss
+        cfg = trainer.cfg.vae
+        sr = self.model.config.sample_rate
+        self.discriminator = EncodecDiscriminator(in_channels=self.model.config.audio_channels,
+                                                  filters=cfg.discriminator_filters).to(trainer.device)
+        self.recon_loss = VAEReconstructionLoss(sample_rate=sr).to(trainer.device)
+        self.auto = AutoencoderTrainModule(self.model.vae, self.discriminator, self.recon_loss, cfg)
+        self.critic = DiscriminatorTrainModule(self.discriminator)
+
+    def dataset(self):
+        from ..data.dataset import AudioDataset
+        cfg, mcfg = self.trainer.cfg.vae, self.model.config
+        items = self.audio_items(min_seconds=1024 / mcfg.sample_rate)
+        return AudioDataset(items, cfg.sample_size, mcfg.sample_rate, random_crop=True,
+                            seed=self.trainer.cfg.seed, prompt_style="caption")
+
+    def collate(self, items: list) -> dict:
+        return {"audio": torch.stack([it["audio"] for it in items]).to(self.trainer.device)}
+
+    def groups(self):
+        cfg = self.trainer.cfg
+        groups = [UpdateGroup("autoencoder", self.auto, cfg.optim, ema_target=self.model.vae,
+                              params=[p for p in self.model.vae.parameters()])]
+        if cfg.vae.use_discriminator:
+            start = cfg.vae.discriminator_start
+            groups.append(UpdateGroup("discriminator", self.critic, cfg.vae.discriminator_optim,
+                                      active=lambda step: step >= start))
+        return groups
+
+    def demo(self, step: int) -> None:
+        from ..audio import write_audio
+        item = self.trainer.data[0]
+        folder = os.path.join(self.trainer.run_dir, "demos", f"step-{step:08d}")
+        os.makedirs(folder, exist_ok=True)
+        with self.trainer.ema_weights(), torch.no_grad():
+            audio = item["audio"][None].to(self.trainer.device)
+            recon = self.model.vae.decode(self.model.vae.encode(audio))[..., : audio.shape[-1]]
+        sr = self.model.config.sample_rate
+        write_audio(os.path.join(folder, "real.wav"), audio[0], sr, overwrite=True)
+        write_audio(os.path.join(folder, "reconstruction.wav"), recon[0], sr, overwrite=True)
