@@ -26,16 +26,20 @@ from ..atomic import atomic_write_text
 from .errors import DataError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-RESERVED_KEYS = ("path", "caption")
+# "labels" holds machine-readable ground truth for evaluation (e.g. the synthetic corpus's bpm
+# and key); it never becomes part of a prompt.
+RESERVED_KEYS = ("path", "caption", "labels")
 
 
 @dataclass
 class AudioItem:
-    """One audio file: an absolute path, an optional natural-language caption, and metadata
-    (any other keys, e.g. ``{"genre": "jazz", "tempo": "120 BPM"}``)."""
+    """One audio file: an absolute path, an optional natural-language caption, metadata
+    (any other keys, e.g. ``{"genre": "jazz", "tempo": "120 BPM"}``) and optional evaluation
+    labels (a manifest's ``labels`` object, never used for prompts)."""
     path: str
     caption: Optional[str] = None
     metadata: Dict[str, Any] = field(default_factory=dict)
+    labels: Dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +134,10 @@ def _item_from_row(row: Dict[str, Any], where: str, folder: str) -> AudioItem:
     if caption is not None and not caption.strip():
         caption = None
     metadata = {k: v for k, v in row.items() if k not in RESERVED_KEYS}
-    return AudioItem(_resolve(path.strip(), folder), caption, metadata)
+    labels = row.get("labels") or {}
+    if not isinstance(labels, dict):
+        raise DataError(f"{where}: 'labels' must be an object, got {type(labels).__name__}")
+    return AudioItem(_resolve(path.strip(), folder), caption, metadata, labels)
 
 
 def _resolve(path: str, folder: str) -> str:
@@ -219,6 +226,8 @@ def write_manifest(items: Iterable[AudioItem], path: str) -> None:
         if item.caption is not None:
             row["caption"] = item.caption
         row.update(item.metadata)
+        if item.labels:
+            row["labels"] = item.labels
         rows.append(row)
     if ext == ".jsonl":
         lines = []

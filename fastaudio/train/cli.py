@@ -65,6 +65,16 @@ def _run_spec(args) -> dict:
 
 
 def _train_config(spec: dict, args, model_config) -> TrainConfig:
+    if args.resume:
+        # the run's own settings (command-line overrides included); only --steps may extend it
+        from ..config import from_dict
+        cfg = from_dict(TrainConfig, spec["train_config"])
+        if args.batch_size is not None and args.batch_size != cfg.batch_size:
+            raise TrainCLIError(f"--resume: --batch-size {args.batch_size} differs from the run's "
+                                f"{cfg.batch_size}")
+        if args.steps is not None:
+            cfg.steps = args.steps
+        return cfg.validate()
     cfg = default_train_config(spec["stage"], model_config)
     if spec.get("config"):
         try:
