@@ -44,13 +44,13 @@ class AutoencoderTrainModule(nn.Module):
         recon = self.vae.decoder(z)[..., : audio.shape[-1]]
         rec, parts = self.recon_loss(recon, audio)
         loss = cfg.mrstft_weight * rec + cfg.kl_weight * kl
-        logs = {"loss": 0.0, "mrstft": float(rec), "kl": float(kl), **{k: float(v) for k, v in parts.items()}}
+        logs = {"mrstft": rec.item(), "kl": kl.item(), **{k: float(v.detach()) for k, v in parts.items()}}
         ctx.cache[ctx.micro] = {"reals": audio, "fakes": recon.detach()}
         if cfg.use_discriminator and ctx.step >= cfg.discriminator_start:
             _, adv, fm = self._critic[0].loss(audio, recon)
             loss = loss + cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm
-            logs.update(adversarial=float(adv), feature_matching=float(fm))
-        logs["loss"] = float(loss)
+            logs.update(adversarial=adv.item(), feature_matching=fm.item())
+        logs["loss"] = loss.item()
         return loss, logs
 
 
@@ -62,7 +62,7 @@ class DiscriminatorTrainModule(nn.Module):
     def forward(self, batch: dict, ctx: StepContext):
         pair = ctx.cache[ctx.micro]
         loss, _, _ = self.discriminator.loss(pair["reals"], pair["fakes"])
-        return loss, {"discriminator_loss": float(loss)}
+        return loss, {"discriminator_loss": loss.item()}
 
 
 class VAEStage(ModelStage):
