@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device")
     pr.add_argument("--trace", default="fastaudio-trace.json", help="Chrome trace output")
     pr.add_argument("--top", type=_positive_int("--top"), default=25)
+
+    from .train.cli import add_train_parser
+    add_train_parser(sub)
     return p
 
 
