@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train.cli import add_train_parser
     add_train_parser(sub)
+    from .eval.cli import add_eval_parser
+    add_eval_parser(sub)
     return p
 
 

@@ -140,13 +140,15 @@ class StableAudio:
                  seed: Optional[int] = None, batch_size: int = 1, sampler: Optional[str] = None,
                  dtype: Union[None, str, torch.dtype] = None, window: Optional[float] = None,
                  callback: Optional[Callable[[dict], None]] = None,
-                 cfg_rescale: Optional[float] = None, progress: bool = False) -> Tensor:
+                 cfg_rescale: Optional[float] = None, progress: bool = False,
+                 trim: bool = True) -> Tensor:
         """Render ``prompt`` for ``seconds_total`` seconds: (batch, 2, round(seconds·44100)).
 
         Defaults (steps, cfg_scale, sampler, cfg_rescale, sigmas) come from the model config's
         ``sampling`` section. ``window`` renders fewer latent frames than the full window for
         short clips (default: the full window, as the paper). ``callback`` receives
-        k-diffusion's step dict after each step.
+        k-diffusion's step dict after each step. ``trim=False`` returns the whole rendered
+        window (the timing evaluation looks at where the sound ends).
         """
         cfg, s = self.config, self.config.sampling
         seconds_total = _number("seconds_total", seconds_total, 0, cfg.window_seconds)
@@ -191,7 +193,7 @@ class StableAudio:
         n = int(round(seconds_total * cfg.sample_rate))
         self.last_timings = dict(timer.seconds, total=timer.total)
         self.last_seed = int(seed)
-        return audio[..., :n].float()
+        return (audio[..., :n] if trim else audio).float()
 
     def _prompts(self, prompt, batch_size) -> List[str]:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

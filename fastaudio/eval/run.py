@@ -1,0 +1,205 @@
+"""The evaluation of a model on a held-out, labelled corpus split (the paper's metrics plus
+prompt-following measures independent of the generator).
+
+``evaluate(pipe, heldout, references, ...)`` renders one clip per held-out prompt, then reports:
+Fréchet distances (CLAP and log-mel embeddings) of generated vs real held-out audio, the CLAP
+score, KL between the family classifier's outputs on real and generated audio, how often the
+generated audio has the prompt's tempo, key and instrument family (with chance levels and the same
+measures on the real audio as the ceiling), the timing accuracy (requested vs detected end), and
+the VAE's reconstruction figures on the real clips.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..audio import write_audio
+from ..data.manifest import AudioItem
+from .attributes import (FamilyClassifier, KeyTemplates, chroma, estimate_tempo, family_label,
+                         parse_key, tempo_class, tempo_correct, timbre_features)
+from .embedders import CLAPEmbedder, MelEmbedder
+from .metrics import detect_end, frechet_distance, mean_kl, mrstft_distance, si_sdr, timing_table
+
+log = logging.getLogger("fastaudio.eval")
+
+
+def load_clip(item: AudioItem, sample_rate: int, seconds: Optional[float] = None) -> torch.Tensor:
+    from ..data.decode import load_audio
+    audio, _ = load_audio(item.path, sample_rate, 2)
+    if seconds is not None:
+        audio = audio[:, : int(seconds * sample_rate)]
+    return audio
+
+
+@dataclass
+class References:
+    """What the measures are fitted on: the corpus's training split (never the model)."""
+    family: FamilyClassifier
+    keys: KeyTemplates
+    clap: object                      # the CLAP whose towers embed audio and text for every model
+
+    @classmethod
+    def fit(cls, train_items: Sequence[AudioItem], clap, sample_rate: int, limit: int = 600,
+            seed: int = 0) -> "References":
+        items = [it for it in train_items if it.labels]
+        random.Random(seed).shuffle(items)
+        items = items[:limit]
+        feats, fams, chromas, keys = [], [], [], []
+        for it in items:
+            audio = load_clip(it, sample_rate)
+            fam = family_label(it.labels)
+            if fam is not None:
+                feats.append(timbre_features(audio, sample_rate))
+                fams.append(fam)
+            if it.labels.get("kind") == "music" and it.labels.get("key"):
+                chromas.append(chroma(audio, sample_rate))
+                keys.append(it.labels["key"])
+        return cls(FamilyClassifier.fit(np.stack(feats), fams), KeyTemplates.fit(chromas, keys), clap)
+
+
+def attribute_scores(audio: torch.Tensor, item: AudioItem, refs: References, sample_rate: int) -> Dict:
+    """Per clip: predictions and whether each matches the item's labels."""
+    lab = item.labels
+    out: Dict[str, object] = {}
+    fam = family_label(lab)
+    probs = refs.family.probabilities(timbre_features(audio, sample_rate))[0]
+    out["family_probs"] = probs
+    if fam is not None:
+        out["family_ok"] = refs.family.classes[int(probs.argmax())] == fam
+    if lab.get("kind") == "music":
+        bpm = estimate_tempo(audio, sample_rate)
+        out["tempo_ok"] = tempo_correct(bpm, lab["bpm"], 0.08)
+        out["tempo_ok_octave"] = tempo_correct(bpm, lab["bpm"], 0.08, octaves=True)
+        out["tempo_class_ok"] = tempo_class(bpm) == lab.get("tempo_class")
+        pred = refs.keys.predict(chroma(audio, sample_rate))
+        out["key_ok"] = parse_key(pred) == parse_key(lab["key"])
+        out["mode_ok"] = parse_key(pred)[1] == parse_key(lab["key"])[1]
+    return out
+
+
+def _rate(rows: List[Dict], key: str) -> Optional[float]:
+    vals = [r[key] for r in rows if key in r]
+    return float(np.mean(vals)) if vals else None
+
+
+def summarise(rows: List[Dict]) -> Dict[str, Optional[float]]:
+    return {k: _rate(rows, k) for k in ("family_ok", "tempo_ok", "tempo_ok_octave",
+                                         "tempo_class_ok", "key_ok", "mode_ok")}
+
+
+def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Optional[str] = None,
+             steps: Optional[int] = None, cfg_scale: Optional[float] = None, items: int = 100,
+             timing_seconds: Sequence[float] = (3.0, 5.0, 8.0, 11.0), timing_prompts: int = 8,
+             seed: int = 0, vae_items: int = 20) -> Dict:
+    sr = pipe.sample_rate
+    window = pipe.config.window_seconds
+    chosen = [it for it in heldout if it.labels][:items]
+    if out_dir:
+        os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
+    gen, real, rows_gen, rows_real, prompts = [], [], [], [], []
+    for k, it in enumerate(chosen):
+        seconds = min(float(it.labels.get("duration", window)), window)
+        prompt = it.caption or ""
+        audio = pipe.generate(prompt, seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
+                              seed=seed + k)[0].cpu()
+        ref = load_clip(it, sr, window)[:, : audio.shape[-1]]
+        if out_dir:
+            write_audio(os.path.join(out_dir, "audio", f"{k:04d}.wav"), audio, sr, overwrite=True)
+        gen.append(audio)
+        real.append(ref)
+        prompts.append(prompt)
+        rows_gen.append(attribute_scores(audio, it, refs, sr))
+        rows_real.append(attribute_scores(ref, it, refs, sr))
+        log.info("eval %d/%d: %s", k + 1, len(chosen), prompt)
+    results: Dict = {"items": len(chosen), "model": pipe.config.name}
+    clap_emb, mel_emb = CLAPEmbedder(refs.clap), MelEmbedder(sr)
+    pad = lambda xs: torch.stack([torch.nn.functional.pad(x, (0, int(window * sr) - x.shape[-1]))
+                                  for x in xs])
+    g_clap = np.concatenate([clap_emb(pad([x])) for x in gen])
+    r_clap = np.concatenate([clap_emb(pad([x])) for x in real])
+    results["fd_clap"] = frechet_distance(r_clap, g_clap)
+    results["fd_mel"] = frechet_distance(mel_emb(real), mel_emb(gen))
+    with torch.no_grad():
+        text = refs.clap.text_embedding(prompts).double().numpy()
+    results["clap_score"] = float(np.mean((text * g_clap).sum(1)))
+    results["clap_score_real"] = float(np.mean((text * r_clap).sum(1)))
+    results["kl_family"] = mean_kl(np.stack([r["family_probs"] for r in rows_real]),
+                                   np.stack([r["family_probs"] for r in rows_gen]))
+    results["follow"] = summarise(rows_gen)
+    results["follow_real"] = summarise(rows_real)
+    results["chance"] = {"family_ok": 1 / len(refs.family.classes), "tempo_class_ok": 1 / 3,
+                         "key_ok": 1 / 24, "mode_ok": 0.5}
+    # timing accuracy: render the whole window, detect where the sound ends
+    requested, detected = [], []
+    music = [it for it in chosen if it.labels.get("kind") == "music"][:timing_prompts]
+    for s in timing_seconds:
+        if s > window:
+            continue
+        for k, it in enumerate(music):
+            audio = pipe.generate(it.caption or "", seconds_total=s, steps=steps, cfg_scale=cfg_scale,
+                                  seed=seed + 1000 + k, trim=False)[0].cpu()
+            requested.append(s)
+            detected.append(detect_end(audio, sr))
+    results["timing"] = timing_table(requested, detected)
+    # the VAE's reconstruction bound on real clips
+    sdr, dist = [], []
+    vae = pipe.model.vae
+    with torch.no_grad():
+        for it in chosen[:vae_items]:
+            ref = load_clip(it, sr, window)
+            rec = vae.decode(vae.encode(ref[None].to(pipe.device, pipe.dtype)))[0, :, : ref.shape[-1]]
+            rec = rec.float().cpu()
+            sdr.append(float(si_sdr(rec, ref)))
+            dist.append(mrstft_distance(rec, ref))
+    results["vae_si_sdr_db"] = float(np.mean(sdr)) if sdr else None
+    results["vae_mrstft"] = float(np.mean(dist)) if dist else None
+    return results
+
+
+def format_markdown(named: Dict[str, Dict]) -> str:
+    """One table comparing models (and the real audio's ceiling)."""
+    def f(x, pct=False):
+        if x is None or (isinstance(x, float) and not math.isfinite(x)):
+            return "–"
+        return f"{100 * x:.0f} %" if pct else f"{x:.3g}"
+    names = list(named)
+    lines = ["| measure | " + " | ".join(names) + " | real audio | chance |",
+             "|---" * (len(names) + 3) + "|"]
+    first = named[names[0]]
+    rows = [("FD (CLAP embeddings) ↓", "fd_clap", False, None), ("FD (log-mel statistics) ↓", "fd_mel", False, None),
+            ("CLAP score ↑", "clap_score", False, "clap_score_real"), ("KL (family classifier) ↓", "kl_family", False, None)]
+    for title, key, pct, real_key in rows:
+        real = f(first.get(real_key)) if real_key else "–"
+        lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + f" | {real} | – |")
+    for key, title in (("family_ok", "instrument family correct"), ("tempo_ok", "tempo within 8 %"),
+                       ("tempo_ok_octave", "tempo within 8 % (×2, ×½ allowed)"),
+                       ("tempo_class_ok", "tempo class (slow/medium/fast)"), ("key_ok", "key correct"),
+                       ("mode_ok", "mode (major/minor) correct")):
+        lines.append(f"| {title} ↑ | " + " | ".join(f(named[n]["follow"].get(key), True) for n in names)
+                     + f" | {f(first['follow_real'].get(key), True)} | {f(first['chance'].get(key), True)} |")
+    for key, title in (("vae_si_sdr_db", "VAE reconstruction SI-SDR (dB) ↑"), ("vae_mrstft", "VAE reconstruction MR-STFT ↓")):
+        lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + " | – | – |")
+    return "\n".join(lines) + "\n"
+
+
+def format_timing(named: Dict[str, Dict]) -> str:
+    lines = ["| requested (s) | " + " | ".join(f"{n}: detected end (s) / within 1 s" for n in named) + " |",
+             "|---" * (len(named) + 1) + "|"]
+    first = list(named.values())[0]["timing"]
+    for i, row in enumerate(first):
+        cells = []
+        for res in named.values():
+            r = res["timing"][i]
+            cells.append(f"{r['detected_mean_s']:.2f} ± {r['detected_std_s']:.2f} / {100 * r['within_1s']:.0f} %")
+        lines.append(f"| {row['requested_s']:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["References", "evaluate", "format_markdown", "format_timing"]

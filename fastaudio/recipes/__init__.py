@@ -1,0 +1,1 @@
+"""Training recipes shipped with fastaudio: the configs that trained the default model."""

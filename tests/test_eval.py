@@ -1,0 +1,123 @@
+"""Evaluation metrics against analytic cases, and an end-to-end run on the tiny preset."""
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from fastaudio.eval.attributes import (FamilyClassifier, KeyTemplates, chroma, estimate_tempo,
+                                       parse_key, tempo_correct)
+from fastaudio.eval.metrics import (detect_end, frechet_distance, mean_kl, mrstft_distance, si_sdr,
+                                    timing_table)
+
+SR = 44100
+
+
+def test_frechet_distance_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    b = rng.normal(size=(4000, 3)) * 2.0 + np.array([1.0, 0.0, -1.0])
+    # N(0, I) vs N(μ, 4I): |μ|² + tr(I + 4I − 2·2I) = 2 + 3
+    assert abs(frechet_distance(a, b) - 5.0) < 0.25
+    assert frechet_distance(a, a) < 1e-8
+    scipy = pytest.importorskip("scipy.linalg")
+    x, y = rng.normal(size=(50, 4)), rng.normal(size=(60, 4)) @ rng.normal(size=(4, 4))
+    ca, cb = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+    want = ((x.mean(0) - y.mean(0)) ** 2).sum() + np.trace(ca + cb - 2 * scipy.sqrtm(ca @ cb).real)
+    assert abs(frechet_distance(x, y) - want) < 1e-6 * max(1, abs(want))
+
+
+def test_kl_si_sdr_and_mrstft():
+    p = np.array([[0.5, 0.5], [0.9, 0.1]])
+    q = np.array([[0.25, 0.75], [0.9, 0.1]])
+    want = 0.5 * (0.5 * math.log(2) + 0.5 * math.log(0.5 / 0.75))
+    assert abs(mean_kl(p, q) - want) < 1e-9
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 44100, generator=g)
+    noise = torch.randn(2, 44100, generator=g) * 0.1
+    assert abs(float(si_sdr(3.0 * ref + noise * 3.0, ref)) - 20.0) < 0.2  # scale-invariant: 20 dB
+    assert mrstft_distance(ref, ref) < 1e-6 and mrstft_distance(ref + noise, ref) > 0.01
+
+
+def test_detect_end_and_timing_table():
+    t = np.arange(int(5 * SR)) / SR
+    audio = np.where(t < 2.0, 0.5 * np.sin(2 * np.pi * 440 * t), 1e-5 * np.sin(2 * np.pi * 50 * t))
+    x = torch.tensor(np.stack([audio, audio]), dtype=torch.float32)
+    assert abs(detect_end(x, SR) - 2.0) <= 0.05
+    rows = timing_table([2, 2, 4], [2.1, 1.7, 6.0])
+    assert rows[0]["requested_s"] == 2 and rows[0]["within_1s"] == 1.0 and rows[1]["within_1s"] == 0.0
+    assert abs(rows[0]["abs_error_s"] - 0.2) < 1e-9
+
+
+def _clicks(bpm, seconds=8.0):
+    x = np.zeros(int(seconds * SR))
+    period = int(SR * 60 / bpm)
+    burst = np.exp(-np.arange(2000) / 200.0) * np.sin(2 * np.pi * 1000 * np.arange(2000) / SR)
+    for start in range(0, len(x) - 2000, period):
+        x[start:start + 2000] += burst
+    return torch.tensor(np.stack([x, x]), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("bpm", [72, 100, 135])
+def test_tempo_from_onset_autocorrelation(bpm):
+    est = estimate_tempo(_clicks(bpm), SR)
+    assert tempo_correct(est, bpm, 0.04, octaves=True), est
+    assert not tempo_correct(bpm * 1.2, bpm, 0.08)
+
+
+def _chord_audio(tonic_pc, mode, seconds=3.0):
+    third = 3 if mode == "minor" else 4
+    t = np.arange(int(seconds * SR)) / SR
+    x = np.zeros_like(t)
+    for step, (root, q) in enumerate([(0, third), (5, third if mode == "major" else 3), (7, 4)]):
+        seg = (t >= step) & (t < step + 1)
+        for interval in (0, q, 7):
+            f = 220 * 2 ** ((tonic_pc - 9 + root + interval) / 12)
+            x[seg] += np.sin(2 * np.pi * f * t[seg])
+    return torch.tensor(np.stack([x, x]) * 0.1, dtype=torch.float32)
+
+
+def test_key_templates_fitted_on_examples_recover_the_key():
+    names = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
+    train = [(pc, m) for pc in (0, 5, 9) for m in ("major", "minor")]
+    tpl = KeyTemplates.fit([chroma(_chord_audio(pc, m), SR) for pc, m in train],
+                           [f"{names[pc]} {m}" for pc, m in train])
+    for pc, m in [(2, "minor"), (7, "major"), (10, "minor")]:
+        assert parse_key(tpl.predict(chroma(_chord_audio(pc, m), SR))) == (pc, m)
+
+
+def test_family_classifier_separates_separable_data():
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(0, 1, (30, 5)), rng.normal(4, 1, (30, 5))])
+    y = ["a"] * 30 + ["b"] * 30
+    clf = FamilyClassifier.fit(x, y)
+    assert clf.predict(np.array([[0.0] * 5, [4.0] * 5])) == ["a", "b"]
+    assert np.allclose(clf.probabilities(x).sum(1), 1)
+
+
+def test_evaluate_end_to_end_on_the_tiny_preset(tmp_path):
+    from fastaudio import build_model
+    from fastaudio.data.manifest import AudioItem
+    from fastaudio.eval.run import References, evaluate, format_markdown, format_timing
+    from fastaudio.pipeline import StableAudio
+    items = []
+    for k, (pc, mode, bpm, fam) in enumerate([(2, "minor", 72, "piano"), (7, "major", 135, "organ"),
+                                              (0, "major", 100, "piano"), (9, "minor", 90, "organ")]):
+        audio = _chord_audio(pc, mode, 1.4) + 0.3 * _clicks(bpm, 1.4)
+        path = tmp_path / f"{k}.wav"
+        sf.write(path, audio.T.numpy(), SR)
+        names = ["C", "Db", "D", "Eb", "E", "F", "Gb", "G", "Ab", "A", "Bb", "B"]
+        items.append(AudioItem(str(path), f"{fam} in {names[pc]} {mode}", {},
+                               {"kind": "music", "family": fam, "bpm": bpm, "key": f"{names[pc]} {mode}",
+                                "tempo_class": "slow" if bpm < 85 else "medium" if bpm <= 120 else "fast",
+                                "duration": 1.4}))
+    pipe = StableAudio(build_model("tiny", seed=0), device="cpu", dtype="fp32")
+    refs = References.fit(items, pipe.model.conditioner.clap, SR)
+    res = evaluate(pipe, items[:2], refs, str(tmp_path / "out"), steps=2, items=2,
+                   timing_seconds=(1.0,), timing_prompts=1, vae_items=1)
+    for key in ("fd_clap", "fd_mel", "clap_score", "kl_family", "vae_si_sdr_db", "vae_mrstft"):
+        assert math.isfinite(res[key]), key
+    assert res["follow_real"]["key_ok"] == 1.0  # the measures work on the real audio
+    assert len(res["timing"]) == 1 and res["timing"][0]["n"] == 1
+    assert "| FD (CLAP embeddings)" in format_markdown({"tiny": res}) and format_timing({"tiny": res})
