@@ -22,7 +22,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "transformers", "einops", "einops-exts", "soxr", "scipy", "auraloss==0.4.0"],
+        "test": ["pytest", "transformers", "einops", "einops-exts", "soxr", "scipy", "auraloss==0.4.0",
+                 "torchsde", "torchdiffeq"],
         "train": ["soxr", "tensorboard", "scipy"],
         "gpu": ["flash-attn", "xformers"],
     },

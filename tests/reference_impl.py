@@ -123,3 +123,37 @@ def auraloss():
         freq, perceptual = sys.modules["_ref_auraloss.freq"], sys.modules["_ref_auraloss.perceptual"]
     _cache["auraloss"] = types.SimpleNamespace(freq=freq, perceptual=perceptual)
     return _cache["auraloss"]
+
+
+def kdiffusion():
+    """k_diffusion.sampling and .external (stable-audio-tools' sampler), without the package
+    __init__ (which imports torchvision, CLIP and more). k_diffusion.utils imports PIL and
+    torchvision at the top for image helpers the samplers never call; those two are stubbed."""
+    if "kdiffusion" in _cache:
+        return _cache["kdiffusion"]
+    for dep in ("torchsde", "torchdiffeq", "scipy"):
+        if importlib.util.find_spec(dep) is None:
+            _missing(f"{dep} is not installed (k-diffusion's samplers import it)")
+    root = _package_dir("k_diffusion")
+    if root is None:
+        _missing("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1)")
+    stubs = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
+    if "PIL" not in sys.modules and importlib.util.find_spec("PIL") is None:
+        stubs += ["PIL", "PIL.Image"]
+    added = [name for name in stubs if name not in sys.modules]
+    for name in added:
+        sys.modules[name] = types.ModuleType(name)
+    if "PIL.Image" in sys.modules and not hasattr(sys.modules["PIL"], "Image"):
+        sys.modules["PIL"].Image = sys.modules["PIL.Image"]
+    if "k_diffusion" not in sys.modules or not hasattr(sys.modules["k_diffusion"], "__path__"):
+        pkg = types.ModuleType("k_diffusion")
+        pkg.__path__ = [root]
+        sys.modules["k_diffusion"] = pkg
+    try:
+        sampling = importlib.import_module("k_diffusion.sampling")
+        external = importlib.import_module("k_diffusion.external")
+    finally:  # other libraries probe for torchvision/PIL: leave no stub behind
+        for name in added:
+            sys.modules.pop(name, None)
+    _cache["kdiffusion"] = types.SimpleNamespace(sampling=sampling, external=external)
+    return _cache["kdiffusion"]

@@ -1,0 +1,113 @@
+"""End-to-end generation: seconds, real-time factor, ms per step, peak memory and MFU.
+
+For each window (10, 30, 47, 95 s on a GPU with the SA1.0 preset; the small preset's windows on a
+CPU), and each execution mode (eager, torch.compile, CUDA graphs), one warm-up generation is run
+(compilation, autotuning and graph capture excluded), then the timed ones. Stages: text encoding,
+sampling (all steps), decoding. MFU = U-Net FLOPs of the sampling (counted exactly with
+torch.utils.flop_counter on the meta device, ×2 for guidance) / sampling time / this device's
+measured matmul peak. Random weights: the speed of a model does not depend on its weights.
+
+    python benchmarks/bench_generate.py [--preset stable-audio-1.0] [--steps 100] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from typing import List
+
+import torch
+
+from common import append_rows, measured_peaks, peak_memory_mb, reset_peak_memory
+
+
+@functools.lru_cache(maxsize=32)
+def unet_tflop(preset: str, frames: int, batch: int) -> float:
+    """TFLOP of one U-Net forward at (batch, frames), counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from fastaudio import build_model
+    m = build_model(preset, device="meta")
+    cfg = m.config
+    x = torch.empty(batch, cfg.vae.latent_dim, frames, device="meta")
+    ctx = torch.empty(batch, cfg.unet.context_embedding_max_length, cfg.unet.context_embedding_features,
+                      device="meta")
+    with FlopCounterMode(display=False) as fc:
+        m.unet(x, torch.empty(batch, device="meta"), ctx, None)
+    return fc.get_total_flops() / 1e12
+
+
+def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_scale: float,
+          repeats: int, dtype: str) -> List[dict]:
+    from fastaudio.pipeline import StableAudio
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    peaks = measured_peaks(device)
+    rows = []
+    model_cache = None
+    for mode in modes:
+        if model_cache is None:
+            from fastaudio import build_model
+            model_cache = build_model(preset, seed=0)
+        pipe = StableAudio(model_cache, device=device, dtype=dtype, execution=mode)
+        for window in windows:
+            window = min(window, pipe.config.window_seconds)
+            frames = pipe.window_frames(window, window)
+            kw = dict(seconds_total=window, window=window, steps=steps, cfg_scale=cfg_scale, seed=0)
+            pipe.generate("benchmark prompt", **kw)  # warm-up: compile / autotune / capture
+            reset_peak_memory(device)
+            timings = []
+            for _ in range(repeats):
+                pipe.generate("benchmark prompt", **kw)
+                timings.append(dict(pipe.last_timings))
+            t = {k: sorted(d[k] for d in timings)[len(timings) // 2] for k in timings[0]}
+            batch = 2 if cfg_scale != 1.0 else 1
+            tflop = unet_tflop(preset, frames, batch) * steps
+            mfu = tflop / t["sampling"] / peaks["matmul_tflops"]
+            row = {"preset": preset, "mode": mode, "window_s": round(window, 2), "frames": frames,
+                   "steps": steps, "cfg_scale": cfg_scale, "dtype": str(pipe.dtype).replace("torch.", ""),
+                   "seconds": round(t["total"], 4), "text_s": round(t["text_encoding"], 4),
+                   "sampling_s": round(t["sampling"], 4), "decode_s": round(t["decoding"], 4),
+                   "ms_per_step": round(1e3 * t["sampling"] / steps, 3),
+                   "rtf": round(window / t["total"], 3), "unet_tflop": round(tflop, 3),
+                   "mfu": round(mfu, 4), "peak_memory_mb": peak_memory_mb(device),
+                   "measured_peak": peaks, "repeats": repeats}
+            rows.append(row)
+            print(f"{preset} {mode:8s} {window:6.1f} s: total {t['total']:7.3f} s (text {t['text_encoding']:.3f}, "
+                  f"sampling {t['sampling']:.3f}, decode {t['decoding']:.3f}) | {row['ms_per_step']:.2f} ms/step "
+                  f"| RTF {row['rtf']:.2f}x | MFU {100 * mfu:.1f}% | peak {row['peak_memory_mb']} MB")
+        del pipe
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
+def main(argv=None) -> List[dict]:
+    cuda = torch.cuda.is_available()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="stable-audio-1.0" if cuda else "small")
+    p.add_argument("--windows", default=None, help="comma-separated seconds")
+    p.add_argument("--modes", default=None, help="eager,compile,graph")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=7.0)
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    windows = [float(w) for w in a.windows.split(",")] if a.windows else \
+        ([10, 30, 47, 95.1] if cuda else [3.0, 6.0, 11.9])
+    modes = a.modes.split(",") if a.modes else (["eager", "compile", "graph"] if cuda else ["eager"])
+    steps = a.steps or (100 if cuda else 50)
+    repeats = a.repeats or (1 if a.quick else 3)
+    if a.quick:
+        windows, steps = windows[:1], min(steps, 10)
+    if not cuda:
+        print(f"no CUDA device: CPU figures for the {a.preset!r} preset (eager)")
+    rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, a.dtype or ("bf16" if cuda else "fp32"))
+    for r in rows:
+        r["quick"] = a.quick
+    print(f"{len(rows)} rows appended to {append_rows('generate', rows)}")
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,176 @@
+"""What every benchmark shares: device metadata, timing, measured peaks, and the results files.
+
+Rows are JSON lines in ``benchmarks/results/<subject>.jsonl``; each row carries the device name,
+driver, torch and triton versions, git commit and date, so ``report.py`` can regenerate bench.md
+from the files alone and no figure is ever typed by hand. On a machine without CUDA every row says
+``device_kind: cpu``.
+
+Timing: a first call (compilation, autotuning, graph capture) is never timed; then the median of
+``repeats`` samples, each long enough (~1 ms+) that launch noise does not dominate. On CUDA the
+samples are CUDA-event intervals.
+"""
+from __future__ import annotations
+
+import datetime
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+import uuid
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+RUN_ID = uuid.uuid4().hex[:12]  # rows written by one process share it: ratios never cross runs
+
+# Dense bf16 tensor-core peaks in TFLOP/s (vendor figures), for reference beside the measured peak.
+VENDOR_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
+VENDOR_HBM_GBS = [("H100 PCIe", 2000.0), ("H100", 3350.0), ("H200", 4800.0), ("A100-SXM4-80GB", 2039.0),
+                  ("A100", 1555.0)]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def triton_version() -> Optional[str]:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def device_meta() -> Dict:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        p = torch.cuda.get_device_properties(0)
+        name = torch.cuda.get_device_name(0)
+        try:
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
+            driver = "unknown"
+        extra = {"capability": f"sm{p.major}{p.minor}", "memory_gib": round(p.total_memory / 2 ** 30, 1),
+                 "cuda": torch.version.cuda}
+    else:
+        name = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        driver, extra = "n/a", {}
+    return {"device": name, "device_kind": "cuda" if cuda else "cpu", "driver": driver,
+            "torch": torch.__version__, "triton": triton_version(), "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "run_id": RUN_ID, "torch_threads": torch.get_num_threads(), **extra}
+
+
+def vendor_peak(table, name: str) -> Optional[float]:
+    for key, value in table:
+        if key in name:
+            return value
+    return None
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], object], device="cpu", repeats: int = 10, min_sample_s: float = 1e-3) -> float:
+    """Median milliseconds per call of ``fn`` (the first call is a warm-up, never timed)."""
+    cuda = torch.device(device).type == "cuda"
+    fn()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    per_call = time.perf_counter() - t0
+    inner = max(1, min(100, math.ceil(min_sample_s / max(per_call, 1e-7))))
+    samples = []
+    for _ in range(repeats):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / inner)
+        else:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            samples.append((time.perf_counter() - t0) * 1e3 / inner)
+    return statistics.median(samples)
+
+
+@functools.lru_cache(maxsize=4)
+def measured_peaks(device: str = "cpu") -> Dict[str, float]:
+    """This device's achievable peaks, measured now: a large matmul (bf16 on CUDA, fp32 on CPU) in
+    TFLOP/s and a large copy in GB/s (read + write). Benchmarks report fractions of these."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    n = 8192 if cuda else 1024
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    ms = time_ms(lambda: a @ b, device, repeats=10 if cuda else 3)
+    tflops = 2 * n ** 3 / (ms * 1e-3) / 1e12
+    numel = (1 << 28) if cuda else (1 << 25)
+    x = torch.empty(numel, device=dev, dtype=torch.float32)
+    y = torch.empty_like(x)
+    ms_copy = time_ms(lambda: y.copy_(x), device, repeats=10 if cuda else 3)
+    gbs = 2 * numel * 4 / (ms_copy * 1e-3) / 1e9
+    return {"matmul_tflops": round(tflops, 3), "matmul_dtype": str(dtype).replace("torch.", ""),
+            "copy_gbs": round(gbs, 1)}
+
+
+def append_rows(subject: str, rows: List[Dict], out: Optional[str] = None) -> str:
+    """Append rows (metadata added) to results/<subject>.jsonl; returns the path."""
+    path = out or os.path.join(RESULTS_DIR, f"{subject}.jsonl")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    meta = device_meta()
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({"subject": subject, **meta, **row}) + "\n")
+    return path
+
+
+def read_rows(subject: str) -> List[Dict]:
+    path = os.path.join(RESULTS_DIR, f"{subject}.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rows.append(json.loads(line))
+    return rows
+
+
+def peak_memory_mb(device) -> Optional[float]:
+    if torch.device(device).type == "cuda":
+        return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    try:
+        import resource
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # process peak RSS
+    except (ImportError, AttributeError):
+        return None
+
+
+def reset_peak_memory(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
