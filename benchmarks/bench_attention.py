@@ -20,24 +20,13 @@ those are not GPU timings (the Triton interpreter is never timed).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import math
-import os
-import statistics
-import subprocess
 import sys
-import time
 from typing import List, Optional
 
 import torch
 
+from common import append_rows, time_ms as _time_ms, vendor_peak, VENDOR_BF16_TFLOPS
 from fastaudio.nn import attention as NA
-
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "attention.jsonl")
-
-# Dense bf16 tensor-core peaks in TFLOP/s, matched against torch.cuda.get_device_name.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0)]
 
 # (kind, B, H, Lq, Lk, D)
 GPU_SHAPES = [
@@ -51,27 +40,7 @@ CPU_SHAPES = [("self", 1, 2, 256, 256, 64), ("self", 1, 2, 128, 128, 80),
 
 
 def peak_tflops(device_name: str) -> Optional[float]:
-    for key, peak in PEAK_BF16_TFLOPS:
-        if key in device_name:
-            return peak
-    return None
-
-
-def git_commit() -> str:
-    try:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def triton_version() -> Optional[str]:
-    try:
-        import triton
-        return triton.__version__
-    except ImportError:
-        return None
+    return vendor_peak(VENDOR_BF16_TFLOPS, device_name)
 
 
 def make_inputs(kind, B, H, Lq, Lk, D, dtype, device, requires_grad):
@@ -89,32 +58,7 @@ def make_inputs(kind, B, H, Lq, Lk, D, dtype, device, requires_grad):
 
 
 def time_ms(fn, cuda: bool, repeats: int) -> float:
-    """Median ms per call; each sample runs enough calls to last ~1 ms (launch noise)."""
-    fn()  # first call: compilation / autotuning, never timed
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(3):
-        fn()
-    sync()
-    per_call = (time.perf_counter() - t0) / 3
-    inner = max(1, min(100, math.ceil(1e-3 / max(per_call, 1e-7))))
-    samples = []
-    for _ in range(repeats):
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / inner)
-        else:
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            samples.append((time.perf_counter() - t0) * 1e3 / inner)
-    return statistics.median(samples)
+    return _time_ms(fn, "cuda" if cuda else "cpu", repeats)
 
 
 def bench_shape(shape, backend, dtype, device, repeats, meta, peak) -> List[dict]:
@@ -167,7 +111,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     parser.add_argument("--backends", default=",".join(NA.BACKENDS),
                         help="comma-separated subset of " + ",".join(NA.BACKENDS))
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default=RESULTS, help="JSON-lines file the rows are appended to")
+    parser.add_argument("--out", default=None, help="JSON-lines file the rows are appended to")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
 
@@ -199,10 +143,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
             print(f"backend {b}: unavailable ({available[b]})")
     backends = [b for b in backends if available[b] is None]
 
-    meta = dict(device=device_name, torch=torch.__version__, triton=triton_version(),
-                commit=git_commit(),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                quick=args.quick)
+    meta = dict(quick=args.quick)
     rows: List[dict] = []
     for shape in shapes:
         for backend in backends:
@@ -211,11 +152,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
                 torch.cuda.empty_cache()
 
     if rows and not args.no_write:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-        print(f"{len(rows)} rows appended to {args.out}")
+        print(f"{len(rows)} rows appended to {append_rows('attention', rows, args.out)}")
     return rows
 
 

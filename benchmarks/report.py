@@ -1,0 +1,225 @@
+"""Regenerate bench.md (and its PNG plots) from the results files alone.
+
+For every subject and device the newest run (by date, full runs preferred over --quick ones) is
+shown as a table with its device, driver, torch/triton versions, commit and date, followed by a
+paragraph computed from the numbers. Ratios are only ever taken within one run.
+
+    python benchmarks/report.py            # writes bench.md and benchmarks/results/*.png
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+from common import ROOT, RESULTS_DIR, read_rows
+
+SUBJECTS = ["generate", "vs_reference", "vs_autoregressive", "kernels", "attention", "train"]
+TITLES = {
+    "generate": "End-to-end generation",
+    "vs_reference": "Against stable-audio-tools' own generation path",
+    "vs_autoregressive": "Against an autoregressive baseline (MusicGen configuration)",
+    "kernels": "Triton kernels against torch eager and torch.compile",
+    "attention": "Attention backends",
+    "train": "Training throughput",
+}
+
+
+def latest_runs(rows: List[Dict]) -> Dict[str, List[Dict]]:
+    """device → the rows of its newest run (full runs before quick ones)."""
+    by_run = defaultdict(list)
+    for r in rows:
+        by_run[(r.get("device", "?"), r.get("run_id") or r.get("date"))].append(r)
+    best: Dict[str, tuple] = {}
+    for (device, run), rs in by_run.items():
+        key = (not any(r.get("quick") for r in rs), max(r.get("date", "") for r in rs))
+        if device not in best or key > best[device][0]:
+            best[device] = (key, rs)
+    return {d: v[1] for d, v in best.items()}
+
+
+def table(rows: List[Dict], cols: List[str], headers: Optional[List[str]] = None) -> str:
+    headers = headers or cols
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if isinstance(v, float):
+                v = f"{v:.4g}"
+            elif isinstance(v, list):
+                v = "×".join(str(x) for x in v)
+            cells.append("–" if v is None else str(v))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def provenance(rs: List[Dict]) -> str:
+    r = rs[0]
+    quick = " — **quick smoke run**" if any(x.get("quick") for x in rs) else ""
+    kind = "" if r.get("device_kind") == "cuda" else " — **CPU figures, not GPU timings**"
+    return (f"*{r.get('device')}; driver {r.get('driver')}; torch {r.get('torch')}; "
+            f"triton {r.get('triton')}; commit {r.get('commit')}; {r.get('date')}{kind}{quick}*\n\n")
+
+
+def para_generate(rs):
+    longest = max(rs, key=lambda r: (r["window_s"], -r["seconds"]))
+    best = min((r for r in rs if r["window_s"] == longest["window_s"]), key=lambda r: r["seconds"])
+    return (f"The longest window measured, {best['window_s']:g} s with {best['steps']} steps and "
+            f"guidance {best['cfg_scale']:g}, renders in {best['seconds']:.3g} s ({best['mode']}): a "
+            f"real-time factor of {best['rtf']:.3g}×, {best['ms_per_step']:.3g} ms per sampler step, "
+            f"{100 * best['mfu']:.2g} % of the measured matmul peak in the U-Net. Sampling takes "
+            f"{100 * best['sampling_s'] / best['seconds']:.0f} % of the time, decoding "
+            f"{100 * best['decode_s'] / best['seconds']:.0f} %.\n")
+
+
+def para_ratio(rs, name_ref, name_ours="fastaudio"):
+    e2e = [r for r in rs if r.get("what", "end_to_end") == "end_to_end"]
+    if not e2e:
+        return ""
+    r = e2e[-1]
+    return (f"End to end, {name_ours} is {r['speedup']:.3g}× faster than {name_ref} on this device "
+            f"({r.get('reference_s', r.get('musicgen_s'))} s vs {r['fastaudio_s']} s), measured in "
+            f"the same process.\n")
+
+
+def para_ar(rs):
+    lines = [f"{r['seconds']:g} s: MusicGen-{r['musicgen']}{' (scaled down)' if r.get('scaled_down') else ''} "
+             f"{r['musicgen_s']:.3g} s, fastaudio {r['fastaudio_s']:.3g} s → {r['speedup']:.3g}×"
+             for r in rs]
+    return "Measured in one process: " + "; ".join(lines) + ".\n"
+
+
+def para_kernels(rs):
+    out = []
+    for op in sorted({r["op"] for r in rs}):
+        ops = [r for r in rs if r["op"] == op]
+        tri = [r for r in ops if r["variant"] == "triton"]
+        if not tri:
+            continue
+        for t in tri:
+            eager = next((r for r in ops if r["variant"] == "eager" and r["shape"] == t["shape"]), None)
+            if eager:
+                frac = t.get("bandwidth_fraction", t.get("peak_fraction"))
+                out.append(f"{op} {'×'.join(map(str, t['shape']))}: {eager['ms'] / t['ms']:.2g}× eager"
+                           + (f", {100 * frac:.0f} % of peak" if frac is not None else ""))
+    if not out:
+        return ("No Triton rows: this run had no GPU, so only the PyTorch CPU paths were timed "
+                "(for reference, not comparison).\n")
+    return "Ours vs eager (same run): " + "; ".join(out) + ".\n"
+
+
+def para_train(rs):
+    return "Per stage: " + "; ".join(f"{r['stage']} ({r['variant']}) {r['samples_per_s']:.3g} samples/s"
+                                     for r in rs) + ".\n"
+
+
+def para_attention(rs):
+    fwd = [r for r in rs if r.get("pass") == "fwd"]
+    if not fwd:
+        return ""
+    best = max(fwd, key=lambda r: r.get("tflops", 0))
+    return (f"Fastest forward: {best['backend']} at {best['kind']} L{best['Lq']}×{best['Lk']} D{best['D']}, "
+            f"{best['tflops']:.3g} TFLOP/s.\n")
+
+
+COLUMNS = {
+    "generate": (["preset", "mode", "window_s", "steps", "dtype", "seconds", "text_s", "sampling_s", "decode_s",
+                  "ms_per_step", "rtf", "mfu", "peak_memory_mb"], para_generate),
+    "vs_reference": (["preset", "what", "seconds_audio", "steps", "dtype", "reference_s", "fastaudio_s",
+                      "speedup", "execution"], lambda rs: para_ratio(rs, "stable-audio-tools")),
+    "vs_autoregressive": (["musicgen", "musicgen_params_m", "seconds", "musicgen_s", "musicgen_rtf",
+                           "fastaudio_preset", "fastaudio_s", "fastaudio_rtf", "speedup"], para_ar),
+    "kernels": (["op", "shape", "variant", "dtype", "ms", "gbs", "bandwidth_fraction", "tflops",
+                 "peak_fraction"], para_kernels),
+    "attention": (["backend", "kind", "B", "H", "Lq", "Lk", "D", "dtype", "pass", "ms", "tflops",
+                   "peak_fraction"], para_attention),
+    "train": (["preset", "stage", "variant", "batch", "sample", "step_s", "samples_per_s", "peak_memory_mb"],
+              para_train),
+}
+
+
+def plot(device: str, runs: Dict[str, List[Dict]], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    drew = False
+    gen = runs.get("generate", [])
+    for mode in sorted({r["mode"] for r in gen}):
+        pts = sorted((r["window_s"], r["seconds"]) for r in gen if r["mode"] == mode)
+        ax.plot(*zip(*pts), "o-", label=f"fastaudio ({mode})")
+        drew = True
+    ref = [r for r in runs.get("vs_reference", []) if r["what"] == "end_to_end"]
+    if ref:
+        ax.plot([r["seconds_audio"] for r in ref], [r["reference_s"] for r in ref], "s", label="stable-audio-tools")
+        drew = True
+    ar = runs.get("vs_autoregressive", [])
+    if ar:
+        pts = sorted((r["seconds"], r["musicgen_s"]) for r in ar)
+        ax.plot(*zip(*pts), "^-", label=f"MusicGen-{ar[0]['musicgen']}")
+        drew = True
+    if not drew:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("duration (s)")
+    ax.set_ylabel("latency (s)")
+    ax.set_yscale("log")
+    ax.set_title(f"Latency vs duration — {device}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def render() -> str:
+    parts = ["# fastaudio benchmarks\n\n",
+             "Generated by `python benchmarks/report.py` from `benchmarks/results/*.jsonl`; every number "
+             "below comes from a benchmark run whose device, driver, versions, commit and date are "
+             "printed above its table. Regenerate everything with `python benchmarks/run_all.py`.\n\n"]
+    per_device: Dict[str, Dict[str, List[Dict]]] = defaultdict(dict)
+    for subject in SUBJECTS:
+        rows = read_rows(subject)
+        if not rows:
+            continue
+        parts.append(f"## {TITLES[subject]}\n\n")
+        cols, para = COLUMNS[subject]
+        for device, rs in sorted(latest_runs(rows).items()):
+            per_device[device][subject] = rs
+            parts.append(f"### {device}\n\n" + provenance(rs) + table(rs, cols))
+            try:
+                parts.append("\n" + para(rs) + "\n")
+            except (KeyError, ValueError, ZeroDivisionError) as e:
+                parts.append(f"\n(summary unavailable: {e})\n\n")
+    plots = []
+    for device, runs in sorted(per_device.items()):
+        safe = "".join(c if c.isalnum() else "_" for c in device)[:60]
+        path = plot(device, runs, os.path.join(RESULTS_DIR, f"latency_{safe}.png"))
+        if path:
+            plots.append(f"![latency vs duration, {device}]({os.path.relpath(path, ROOT)})\n")
+    if plots:
+        parts.append("## Latency against duration\n\n" + "\n".join(plots))
+    return "".join(parts)
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=os.path.join(ROOT, "bench.md"))
+    a = p.parse_args(argv)
+    text = render()
+    sys.path.insert(0, ROOT)
+    from fastaudio.atomic import atomic_write_text
+    atomic_write_text(a.out, text)
+    print(f"wrote {a.out}")
+    return text
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
