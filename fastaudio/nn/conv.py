@@ -56,6 +56,24 @@ def conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int
     return conv1d_torch(x, weight, bias, stride, padding, dilation, residual)
 
 
+def _transposed_reason(x, weight, bias, stride, padding) -> Optional[str]:
+    try:
+        from fastaudio.kernels.conv1d import conv_transpose1d_unsupported_reason
+    except ImportError as e:
+        return f"Triton kernels unavailable ({e})"
+    return conv_transpose1d_unsupported_reason(x, weight, bias, stride, padding)
+
+
+def conv_transpose1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
+                     padding: int = 0) -> Tensor:
+    """ConvTranspose1d (weight (C_in, C_out, K)) on our Triton kernels on CUDA, cuDNN elsewhere."""
+    if use_triton("conv_transpose1d", x.is_cuda,
+                  lambda: _transposed_reason(x, weight, bias, stride, padding)):
+        from fastaudio.kernels.conv1d import conv_transpose1d as conv_transpose1d_triton
+        return conv_transpose1d_triton(x, weight, bias, stride=stride, padding=padding)
+    return F.conv_transpose1d(x, weight, bias, stride, padding)
+
+
 class Conv1d(nn.Conv1d):
     """``nn.Conv1d`` (same parameters) whose forward takes an optional fused residual."""
 
@@ -89,10 +107,12 @@ class TrimConvTranspose1d(nn.ConvTranspose1d):
     """The U-Net's upsampler: a transposed conv trimmed of ``kernel - stride`` frames."""
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.conv_transpose1d(x, self.weight, self.bias, self.stride[0])
         total = self.kernel_size[0] - self.stride[0]
         right = total // 2
         left = total - right
+        if left == right:  # even trims (factors 2 and 4): the padding argument does it for free
+            return conv_transpose1d(x, self.weight, self.bias, self.stride[0], left)
+        y = conv_transpose1d(x, self.weight, self.bias, self.stride[0], 0)
         return y[..., left: y.shape[-1] - right]
 
 
@@ -176,8 +196,10 @@ class WNConvTranspose1d(_WeightNormMixin, nn.ConvTranspose1d):
         self._init_weight_norm()
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv_transpose1d(x, self.current_weight(), self.bias, self.stride[0],
-                                  self.padding[0], self.output_padding[0], 1, self.dilation[0])
+        if self.output_padding[0] or self.dilation[0] != 1:  # not used by the DAC decoder
+            return F.conv_transpose1d(x, self.current_weight(), self.bias, self.stride[0],
+                                      self.padding[0], self.output_padding[0], 1, self.dilation[0])
+        return conv_transpose1d(x, self.current_weight(), self.bias, self.stride[0], self.padding[0])
 
 
 def fold_weight_norm(module: nn.Module) -> int:

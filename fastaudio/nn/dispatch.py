@@ -62,7 +62,12 @@ def strict() -> bool:
 
 
 def record_path(op: str, path: str, reason: Optional[str] = None) -> None:
-    """Count a path taken and log it the first time this (op, path, reason) is seen."""
+    """Count a path taken and log it the first time this (op, path, reason) is seen.
+
+    Under torch.compile the choice is made once, while tracing, and baked into the graph: nothing
+    is counted or logged then (a lock and a log call have no place in a graph)."""
+    if _compiling():
+        return
     key = (op, path, reason)
     with _lock:
         path_counts[(op, path)] += 1
@@ -73,6 +78,11 @@ def record_path(op: str, path: str, reason: Optional[str] = None) -> None:
         log.info("%s: %s path (%s)", op, path, reason)
     else:
         log.info("%s: %s path", op, path)
+
+
+def _compiling() -> bool:
+    import torch
+    return torch.compiler.is_compiling()
 
 
 def reset_path_log() -> None:
