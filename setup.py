@@ -26,6 +26,7 @@ setup(
                  "torchsde", "torchdiffeq"],
         "train": ["soxr", "tensorboard", "scipy"],
         "gpu": ["flash-attn", "xformers"],
+        "bench": ["matplotlib", "transformers"],
     },
     entry_points={"console_scripts": ["fastaudio=fastaudio.cli:main"]},
 )

@@ -36,6 +36,38 @@ def add_train_parser(sub) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(handler=run_train)
 
+    c = sub.add_parser("latents", help="encode a dataset's crops once with a model's VAE (a latent "
+                       "cache for diffusion training)")
+    c.add_argument("--model", required=True, help="model folder whose VAE encodes")
+    c.add_argument("--data", required=True, help="manifest (JSONL/CSV) or folder of audio files")
+    c.add_argument("--out", required=True, help="cache folder (resumable)")
+    c.add_argument("--crops", type=int, default=1, help="random full-window crops per item")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--batch-size", type=int, default=4)
+    c.add_argument("--device")
+    c.add_argument("--on-bad", choices=["skip", "fail"], default="skip")
+    c.set_defaults(handler=run_latents)
+
+
+def run_latents(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoints import load_model
+    from ..data.dataset import AudioDataset
+    from ..data.latent_cache import build_latent_cache
+    from .stage_common import audited_items
+    model = load_model(args.model)
+    cfg = model.config
+    items = audited_items(args.data, cfg.sample_rate, 1024 / cfg.sample_rate, args.on_bad, True, True)
+    ds = AudioDataset(items, cfg.sample_size, cfg.sample_rate, random_crop=True, seed=args.seed)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = model.vae.to(device).eval()
+    vae.fold_weight_norm()
+    summary = build_latent_cache(ds, vae, args.out, crops_per_item=args.crops,
+                                 batch_size=args.batch_size, device=device)
+    print(f"latent cache: {summary}")
+    return 0
+
 
 def _run_spec(args) -> dict:
     run_json = os.path.join(args.out, "run.json")
