@@ -161,11 +161,13 @@ def check_state_dict(sd: Dict[str, Tensor], expected: Dict[str, Tensor], source:
 # Save
 # ---------------------------------------------------------------------------------------------
 
-def save_model(model: StableAudioModel, folder: str) -> None:
-    """Write ``folder/model_config.json`` and ``folder/model.safetensors`` atomically."""
+def save_model(model: StableAudioModel, folder: str, state_dict: Optional[Dict[str, Tensor]] = None) -> None:
+    """Write ``folder/model_config.json`` and ``folder/model.safetensors`` atomically
+    (``state_dict`` overrides the model's own tensors, e.g. gathered from FSDP shards)."""
     from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    source = state_dict if state_dict is not None else model.state_dict()
+    sd = {k: v.detach().contiguous().cpu() for k, v in source.items()}
     with atomic_path(os.path.join(folder, WEIGHTS_FILE)) as tmp:
         save_file(sd, tmp, metadata={"format": "fastaudio", "config_name": model.config.name})
     tok = model.conditioner.clap.tokenizer

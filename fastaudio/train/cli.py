@@ -120,6 +120,8 @@ def _train_config(spec: dict, args, model_config) -> TrainConfig:
         cfg.steps = args.steps
     if args.batch_size is not None:
         cfg.batch_size = args.batch_size
+    if cfg.diffusion.latent_cache:  # recorded absolute in run.json, so --resume works from anywhere
+        cfg.diffusion.latent_cache = os.path.abspath(cfg.diffusion.latent_cache)
     return cfg.validate()
 
 

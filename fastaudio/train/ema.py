@@ -36,11 +36,24 @@ class EMA:
                 p.copy_(self.shadow[name].to(p.dtype))
 
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self.shadow.items()}
+        """Full tensors (under FSDP every rank must call this: shards are gathered)."""
+        return {k: _full(v).clone() for k, v in self.shadow.items()}
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         missing = set(self.shadow) - set(state)
         if missing:
             raise KeyError(f"EMA state lacks {sorted(missing)[:5]}")
-        for k in self.shadow:
-            self.shadow[k].copy_(state[k])
+        for k, s in self.shadow.items():
+            s.copy_(_like(state[k], s))
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _like(full: torch.Tensor, shard: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out as ``shard`` is (an FSDP DTensor shard, or a plain tensor)."""
+    if hasattr(shard, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+        return distribute_tensor(full.to(shard.device), shard.device_mesh, shard.placements)
+    return full

@@ -55,11 +55,18 @@ class ModelStage(Stage):
         return audited_items(self.data_path, self.model.config.sample_rate, min_seconds,
                              t.cfg.data.on_bad, t.cfg.data.convert, t.dist.is_main)
 
-    def export(self, folder: str) -> None:
+    def export(self, folder: str, gathered=None) -> None:
+        """The whole model with the EMA weights; ``gathered`` (under FSDP) holds the full tensors
+        of the sharded parameters, keyed by parameter id."""
         t = self.trainer
         with t.ema_weights():
             os.makedirs(folder, exist_ok=True)
-            save_model(self.model, folder)
+            sd = None
+            if gathered:
+                ids = {name: id(p) for name, p in self.model.named_parameters()}
+                sd = {k: (gathered[ids[k]] if ids.get(k) in gathered else v)
+                      for k, v in self.model.state_dict().items()}
+            save_model(self.model, folder, state_dict=sd)
         records: List[dict] = []
         if self.init:  # keep the records of earlier stages beside the weights
             for name in sorted(os.listdir(self.init)):

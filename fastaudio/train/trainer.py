@@ -107,7 +107,7 @@ class Stage:
     def demo(self, step: int) -> None:
         """Rank 0, every ``demo_every`` steps."""
 
-    def export(self, folder: str) -> None:
+    def export(self, folder: str, gathered=None) -> None:
         raise NotImplementedError
 
 
@@ -286,9 +286,12 @@ class Trainer:
                 from torch.distributed.checkpoint.state_dict import (StateDictOptions,
                                                                      set_model_state_dict,
                                                                      set_optimizer_state_dict)
-                opts = StateDictOptions(full_state_dict=True)
-                set_model_state_dict(g.wrapped, entry["model"], options=opts)
-                set_optimizer_state_dict(g.wrapped, g.optimizer, entry["optimizer"], options=opts)
+                set_model_state_dict(g.wrapped, entry["model"],
+                                     options=StateDictOptions(full_state_dict=True))
+                # strict=False: a parameter that has not had a gradient yet (the null context
+                # before its first dropout) has no Adam state to restore, which is correct
+                set_optimizer_state_dict(g.wrapped, g.optimizer, entry["optimizer"],
+                                         options=StateDictOptions(full_state_dict=True, strict=False))
             else:
                 D.unwrap(g.wrapped).load_state_dict(entry["model"])
                 g.optimizer.load_state_dict(entry["optimizer"])
@@ -302,13 +305,26 @@ class Trainer:
 
     def export(self) -> None:
         """Write RUN_DIR/export, a model folder with the EMA weights (rank 0)."""
-        if not self.dist.is_main:
-            D.barrier(self.dist)
-            return
-        folder = os.path.join(self.run_dir, "export")
-        self.stage.export(folder)
-        self.log.write(self.step, {"export": folder}, kind="export")
+        gathered = self._gathered_weights() if self.cfg.strategy == "fsdp" and self.dist.enabled else None
+        if self.dist.is_main:
+            folder = os.path.join(self.run_dir, "export")
+            self.stage.export(folder, gathered)
+            self.log.write(self.step, {"export": folder}, kind="export")
         D.barrier(self.dist)
+
+    def _gathered_weights(self) -> Dict[int, torch.Tensor]:
+        """Under FSDP: full (EMA) tensors of every trained parameter, keyed by the parameter's id
+        (every rank takes part in the gather; the stage maps ids to its model's names)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        out: Dict[int, torch.Tensor] = {}
+        with self.ema_weights():
+            for g in self.groups:
+                full = get_model_state_dict(g.wrapped, options=opts)
+                for name, p in g.module.named_parameters():
+                    if name in full:
+                        out[id(p)] = full[name]
+        return out
 
     @contextlib.contextmanager
     def ema_weights(self):
