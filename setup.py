@@ -11,7 +11,7 @@ setup(
     # The top-level kernels/ folder is installed as fastaudio.kernels (works in editable installs).
     packages=find_packages(include=["fastaudio", "fastaudio.*"]) + ["fastaudio.kernels"],
     package_dir={"fastaudio.kernels": "kernels"},
-    package_data={"fastaudio": ["presets/*.json", "assets/**/*"]},
+    package_data={"fastaudio": ["assets/default/*", "recipes/small/*.json"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

@@ -161,13 +161,17 @@ def check_state_dict(sd: Dict[str, Tensor], expected: Dict[str, Tensor], source:
 # Save
 # ---------------------------------------------------------------------------------------------
 
-def save_model(model: StableAudioModel, folder: str, state_dict: Optional[Dict[str, Tensor]] = None) -> None:
+def save_model(model: StableAudioModel, folder: str, state_dict: Optional[Dict[str, Tensor]] = None,
+               dtype: Optional[torch.dtype] = None) -> None:
     """Write ``folder/model_config.json`` and ``folder/model.safetensors`` atomically
-    (``state_dict`` overrides the model's own tensors, e.g. gathered from FSDP shards)."""
+    (``state_dict`` overrides the model's own tensors, e.g. gathered from FSDP shards; ``dtype``
+    stores floating tensors in a smaller type, e.g. float16 for the shipped model)."""
     from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
     source = state_dict if state_dict is not None else model.state_dict()
     sd = {k: v.detach().contiguous().cpu() for k, v in source.items()}
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     with atomic_path(os.path.join(folder, WEIGHTS_FILE)) as tmp:
         save_file(sd, tmp, metadata={"format": "fastaudio", "config_name": model.config.name})
     tok = model.conditioner.clap.tokenizer
@@ -230,7 +234,9 @@ def load_model(path: str, device: Optional[Union[str, torch.device]] = None,
         raise CheckpointError(f"{cfg_path}: {e}") from None
     is_reference = "model_type" in raw
 
-    sd = read_state_dict(weights_path)
+    # Stored precision is a storage choice (the shipped model is float16): compute starts in fp32,
+    # and ``dtype`` converts afterwards.
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(weights_path).items()}
     with torch.device("meta"):
         model = StableAudioModel(cfg)
     expected = model.state_dict()

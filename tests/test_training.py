@@ -238,3 +238,19 @@ def test_train_config_is_strict():
     with pytest.raises(ConfigError, match="precision"):
         train_config_from_json('{"precision": "fp8"}', base)
     assert isinstance(train_config_from_json('{"steps": 5}', base), TrainConfig)
+
+
+def test_latent_cache_command_feeds_diffusion_training(tmp_path, corpus, tiny_model, capsys):
+    cache = tmp_path / "latents"
+    code = main(["latents", "--model", tiny_model, "--data", str(corpus / "train.jsonl"),
+                 "--out", str(cache), "--crops", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert (cache / "index.json").exists()
+    cfg = _config(tmp_path, stage="diffusion", log_every=1, diffusion={"latent_cache": str(cache)})
+    code = main(["train", "diffusion", "--init", tiny_model, "--data", str(corpus / "train.jsonl"),
+                 "--out", str(tmp_path / "run"), "--config", cfg, "--steps", "2", "--batch-size", "4",
+                 "--no-progress"])
+    assert code == 0
+    spec = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert spec["train_config"]["diffusion"]["latent_cache"] == str(cache)
+    assert len(_losses(tmp_path / "run")) == 2
