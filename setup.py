@@ -14,12 +14,13 @@ setup(
     package_data={"fastaudio": ["assets/default/*", "recipes/small/*.json"]},
     include_package_data=True,
     install_requires=[
-        "torch>=2.4",
+        "torch>=2.6",
         "triton; platform_system == 'Linux'",
         "numpy",
         "safetensors",
         "soundfile",
         "tqdm",
+        "tokenizers",
     ],
     extras_require={
         "test": ["pytest", "transformers", "einops", "einops-exts", "soxr", "scipy", "auraloss==0.4.0",

@@ -26,13 +26,22 @@ def unet_tflop(preset: str, frames: int, batch: int) -> float:
     """TFLOP of one U-Net forward at (batch, frames), counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
     from fastaudio import build_model
+    from fastaudio.nn import attention as NA
+    from fastaudio.nn import dispatch
     m = build_model(preset, device="meta")
     cfg = m.config
     x = torch.empty(batch, cfg.vae.latent_dim, frames, device="meta")
     ctx = torch.empty(batch, cfg.unet.context_embedding_max_length, cfg.unet.context_embedding_features,
                       device="meta")
-    with FlopCounterMode(display=False) as fc:
-        m.unet(x, torch.empty(batch, device="meta"), ctx, None)
+    # meta tensors run the PyTorch paths whatever FASTAUDIO_KERNELS/FASTAUDIO_ATTENTION force
+    dispatch.set_kernel_mode("torch")
+    NA.set_attention_backend("sdpa")
+    try:
+        with FlopCounterMode(display=False) as fc:
+            m.unet(x, torch.empty(batch, device="meta"), ctx, None)
+    finally:
+        dispatch.set_kernel_mode(None)
+        NA.set_attention_backend(None)
     return fc.get_total_flops() / 1e12
 
 

@@ -11,6 +11,17 @@ import tempfile
 from typing import Iterator
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (in the main thread): the umask is process-wide, and toggling it while
+# worker threads create files or start processes would race with them.
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path in the target's folder; on success it replaces ``path``."""
@@ -21,9 +32,7 @@ def atomic_path(path: str) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{ext}", dir=folder)
     os.close(fd)
     # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus the umask)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         yield tmp
         with open(tmp, "rb+") as f:

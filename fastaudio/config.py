@@ -142,7 +142,8 @@ class SamplingConfig:
     cfg_rescale: float = 0.4
     sigma_min: float = 0.03
     sigma_max: float = 500.0
-    rho: float = 1.0
+    schedule: str = "polyexponential"  # polyexponential (rho 1: log-linear, the reference) | karras
+    rho: float = 1.0                    # karras schedules usually take rho = 7
 
 
 @dataclass
@@ -436,3 +437,5 @@ def _validate(cfg: ModelConfig) -> None:
     s = cfg.sampling
     _require(s.steps > 0, "sampling.steps", "must be positive")
     _require(0 < s.sigma_min < s.sigma_max, "sampling.sigma_min", "need 0 < sigma_min < sigma_max")
+    _require(s.schedule in ("polyexponential", "log-linear", "karras"), "sampling.schedule",
+             f"unknown schedule {s.schedule!r} (polyexponential, log-linear, karras)")

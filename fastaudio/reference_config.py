@@ -104,6 +104,11 @@ def _conditioning_from_reference(cond: Dict[str, Any], path: str):
     if sorted(ids) != sorted(EXPECTED_CONTEXT_IDS):
         raise ConfigError(f"{path}.configs: conditioner ids {ids} are not Stable Audio 1.0's "
                           f"{EXPECTED_CONTEXT_IDS}")
+    for cid in ("seconds_start", "seconds_total"):
+        if cid not in seconds:
+            raise ConfigError(f"{path}.configs: {cid!r} must be an 'int' conditioner")
+    if "prompt" in seconds:
+        raise ConfigError(f"{path}.configs: 'prompt' must be the 'clap_text' conditioner")
     if seconds["seconds_start"] != seconds["seconds_total"]:
         raise ConfigError(f"{path}: seconds_start and seconds_total ranges must be equal")
     lo, hi = seconds["seconds_start"]

@@ -4,8 +4,8 @@ A step is the whole denoiser call (U-Net with guidance) plus the solver update
 ``x ← a·x + b·D + c·D₁ + d·D₂ + e·z``. Everything it reads lives in static device buffers:
 the latents, the two previous denoised estimates, the step's noise, and a 6-float coefficient
 row (σ, a, b, c, d, e) copied device-to-device from a table built on the host before the loop.
-So one capture serves every step of every call with the same (batch, length, dtype): nothing in
-the loop synchronises with the host. The eager path runs the very same step function on the same
+So one capture serves every step of every call with the same latent shape, dtype and guidance
+settings: nothing in the loop synchronises with the host. The eager path runs the very same step function on the same
 buffers, which is why graph and eager results agree.
 
 SDE noise is drawn outside the graph into the static noise buffer from the caller's seeded
@@ -51,8 +51,10 @@ class StepRunner:
         self.denoised.copy_(den)
         self.x.copy_(new)
 
-    def capture(self, warmup: int = 2) -> None:
-        """Warm up on a side stream (allocator, cuDNN and Triton autotuning), then capture."""
+    def capture(self, warmup: int = 2, pool=None) -> None:
+        """Warm up on a side stream (allocator, cuDNN and Triton autotuning), then capture.
+        ``pool``: a graph memory pool shared with other captures (only one replays at a time,
+        and everything that outlives a replay lives in the static buffers)."""
         if not self.x.is_cuda:
             raise RuntimeError("CUDA graphs need CUDA tensors")
         side = torch.cuda.Stream()
@@ -63,7 +65,7 @@ class StepRunner:
                 self._step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             self._step()
         self.graph = graph
 
@@ -84,20 +86,27 @@ class StepRunner:
                     self.graph.replay()
                 else:
                     self._step()
-            if callback is not None:
-                callback({"x": self.x, "i": i, "sigma": step.sigma, "sigma_hat": step.sigma,
-                          "denoised": self.denoised})
+            if callback is not None:  # copies: the static buffers change at the next step
+                callback({"x": self.x.clone(), "i": i, "sigma": step.sigma, "sigma_hat": step.sigma,
+                          "denoised": self.denoised.clone()})
             if progress is not None:
                 progress.update(1)
         return self.x.clone()  # the static buffer is overwritten by the next call
 
 
 class GraphCache:
-    """One captured StepRunner per (batch, length, dtype, conditioning id)."""
+    """One captured StepRunner per (latent shape, dtype, guidance settings); all share one graph
+    memory pool, so several cached captures cost the activations of one."""
 
     def __init__(self, max_entries: int = 4):
         self.entries: dict = {}
         self.max_entries = max_entries
+        self.pool = None
+
+    def shared_pool(self):
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        return self.pool
 
     def get(self, key, make: Callable[[], StepRunner]) -> StepRunner:
         runner = self.entries.get(key)

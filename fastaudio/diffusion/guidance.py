@@ -68,7 +68,7 @@ class GuidedV:
         self.mask.copy_(mask)
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        x_in, t_in = x.to(self.dtype), t.to(self.dtype)
+        x_in, t_in = x.to(self.dtype), t.float()  # t stays fp32 (see UNet1d.check_inputs)
         if self.scale == 1.0:
             return self.forward(x_in, t_in, self.context, self.mask).to(x.dtype)
         both = self.forward(torch.cat([x_in, x_in], 0), torch.cat([t_in, t_in], 0), self.context, self.mask)

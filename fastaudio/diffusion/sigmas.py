@@ -52,5 +52,5 @@ def get_sigmas(schedule: str, n: int, sigma_min: float, sigma_max: float, rho: f
     if schedule == "log-linear":
         return log_linear(n, sigma_min, sigma_max)
     if schedule == "karras":
-        return karras(n, sigma_min, sigma_max, rho if rho != 1.0 else 7.0)
+        return karras(n, sigma_min, sigma_max, rho)
     raise ScheduleError(f"unknown sigma schedule {schedule!r} ({', '.join(SCHEDULES)})")

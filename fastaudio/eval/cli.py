@@ -21,6 +21,9 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--timing-prompts", type=int, default=8)
     e.add_argument("--baseline-random", action="store_true",
                    help="also evaluate the same architecture with random weights")
+    e.add_argument("--embedder", action="append", default=[], choices=["openl3"],
+                   help="an extra embedder for the Fréchet distance (needs its package); CLAP and "
+                   "log-mel statistics are always used")
     e.add_argument("--device")
     e.set_defaults(handler=run_eval)
 
@@ -51,8 +54,10 @@ def run_eval(args) -> int:
     heldout, train = read_manifest(args.heldout), read_manifest(args.train)
     refs = References.fit(train, pipe.model.conditioner.clap, pipe.sample_rate)
     named = {}
+    from .embedders import get_embedder
+    extra = [get_embedder(name, sample_rate=pipe.sample_rate) for name in args.embedder]
     kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, items=args.items,
-              timing_prompts=args.timing_prompts)
+              timing_prompts=args.timing_prompts, extra_embedders=extra)
     named["trained"] = evaluate(pipe, heldout, refs, os.path.join(args.out, "trained"), **kw)
     if args.baseline_random:
         rnd = StableAudio(build_model(pipe.config, seed=1), device=args.device, dtype="fp32")

@@ -29,7 +29,8 @@ class CLAPEmbedder:
 
     @torch.no_grad()
     def __call__(self, audio: Tensor) -> np.ndarray:
-        return self.clap.embed_audio(audio.float()).double().numpy()
+        device = next(self.clap.parameters()).device
+        return self.clap.embed_audio(audio.float().to(device)).double().cpu().numpy()
 
 
 class MelEmbedder:

@@ -97,7 +97,7 @@ def summarise(rows: List[Dict]) -> Dict[str, Optional[float]]:
 def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Optional[str] = None,
              steps: Optional[int] = None, cfg_scale: Optional[float] = None, items: int = 100,
              timing_seconds: Sequence[float] = (3.0, 5.0, 8.0, 11.0), timing_prompts: int = 8,
-             seed: int = 0, vae_items: int = 20) -> Dict:
+             seed: int = 0, vae_items: int = 20, extra_embedders: Sequence = ()) -> Dict:
     sr = pipe.sample_rate
     window = pipe.config.window_seconds
     chosen = [it for it in heldout if it.labels][:items]
@@ -126,8 +126,11 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
     r_clap = np.concatenate([clap_emb(pad([x])) for x in real])
     results["fd_clap"] = frechet_distance(r_clap, g_clap)
     results["fd_mel"] = frechet_distance(mel_emb(real), mel_emb(gen))
+    for emb in extra_embedders:
+        results[f"fd_{emb.name}"] = frechet_distance(np.concatenate([emb(pad([x])) for x in real]),
+                                                     np.concatenate([emb(pad([x])) for x in gen]))
     with torch.no_grad():
-        text = refs.clap.text_embedding(prompts).double().numpy()
+        text = refs.clap.text_embedding(prompts).double().cpu().numpy()
     results["clap_score"] = float(np.mean((text * g_clap).sum(1)))
     results["clap_score_real"] = float(np.mean((text * r_clap).sum(1)))
     results["kl_family"] = mean_kl(np.stack([r["family_probs"] for r in rows_real]),

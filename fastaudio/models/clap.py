@@ -22,7 +22,12 @@ from torch import Tensor, nn
 from ..config import AudioEncoderConfig, CLAPConfig
 from ..dsp import log_mel_spectrogram
 from .text_encoder import RobertaTextModel, init_bert_weights
+from ..errors import FastAudioError
 from .tokenizer import ByteTokenizer, load_tokenizer
+
+
+class TextEncoderError(FastAudioError, ValueError):
+    """The text tower cannot encode these prompts (no tokenizer, ids beyond its vocabulary)."""
 
 
 class EncoderLayer(nn.Module):
@@ -103,12 +108,12 @@ class CLAP(nn.Module):
 
     def tokenize(self, prompts: Sequence[str], device=None) -> Tuple[Tensor, Tensor]:
         if self.tokenizer is None:
-            raise RuntimeError("this CLAP uses RoBERTa's BPE tokenizer but no tokenizer files were "
+            raise TextEncoderError("this CLAP uses RoBERTa's BPE tokenizer but no tokenizer files were "
                                "loaded: put vocab.json and merges.txt (or tokenizer.json) in the "
                                "model folder's tokenizer/ directory")
         ids, mask = self.tokenizer(prompts, self.config.text.max_length)
         if int(ids.max()) >= self.config.text.vocab_size:
-            raise ValueError(f"tokenizer produced id {int(ids.max())} beyond the text tower's "
+            raise TextEncoderError(f"tokenizer produced id {int(ids.max())} beyond the text tower's "
                              f"vocabulary of {self.config.text.vocab_size}")
         device = device if device is not None else self.logit_scale.device
         return ids.to(device), mask.to(device)

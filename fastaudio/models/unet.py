@@ -257,8 +257,8 @@ class LearnedPositionalEmbedding(nn.Module):
         self.weights = nn.Parameter(torch.randn(dim // 2))
 
     def forward(self, t: Tensor) -> Tensor:
-        t = t.unsqueeze(-1)
-        freqs = t * self.weights.unsqueeze(0) * 2 * math.pi
+        t = t.float().unsqueeze(-1)
+        freqs = t * self.weights.float().unsqueeze(0) * 2 * math.pi
         return torch.cat([t, freqs.sin(), freqs.cos()], dim=-1)
 
 
@@ -320,6 +320,13 @@ class UNet1d(nn.Module):
         for p in self.parameters():
             p.mul_(factor)
 
+    def time_mapping(self, t: Tensor) -> Tensor:
+        """The FiLM mapping of t: Fourier features and their projection in fp32 (t precision
+        matters, the cost is a (B, 257) matmul), the MLP in the model's dtype."""
+        features, project = self.to_time[0]
+        h = F.gelu(F.linear(features(t), project.weight.float(), project.bias.float()))
+        return self.to_mapping(h.to(self.to_mapping[0].weight.dtype))
+
     def null_context(self, batch: int, length: int) -> Tensor:
         return self.fixed_embedding(batch, length)
 
@@ -332,7 +339,9 @@ class UNet1d(nn.Module):
             raise UNetInputError(f"latent length {x.shape[-1]} must be a multiple of "
                                  f"{self.length_multiple} (the U-Net downsamples by that much)")
         b = x.shape[0]
-        t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+        # t stays fp32 whatever the model dtype: in bf16 the first steps of a 100-step schedule
+        # (t ≈ 0.996…1) would collapse onto two values
+        t = torch.as_tensor(t, device=x.device, dtype=torch.float32)
         if t.dim() == 0:
             t = t.expand(b)
         if t.shape != (b,):
@@ -355,7 +364,7 @@ class UNet1d(nn.Module):
         t = self.check_inputs(x, t, context, context_mask)
         if context_mask is not None:
             context_mask = context_mask.to(torch.bool)
-        mapping = self.to_mapping(self.to_time(t)) if self.config.use_context_time else None
+        mapping = self.time_mapping(t) if self.config.use_context_time else None
         x = self.to_in(x, mapping)
         skips_list: List = [x]
         for down in self.downsamples:

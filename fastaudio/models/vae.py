@@ -213,18 +213,21 @@ class AutoencoderVAE(nn.Module):
         return z, kl_divergence(mean, std)
 
     # -- decode ---------------------------------------------------------------------------------
-    def decode(self, latents: Tensor, chunked: Optional[bool] = None) -> Tensor:
-        """(B, latent_dim, L) → (B, 2, 1024·L). Chunked when L exceeds ``chunk_frames``
-        (or when asked), so memory does not grow with the duration."""
+    def decode(self, latents: Tensor, chunked: Optional[bool] = None,
+               chunk_frames: Optional[int] = None) -> Tensor:
+        """(B, latent_dim, L) → (B, 2, 1024·L). Chunked when L exceeds ``chunk_frames`` (default:
+        the config's; a GPU can afford far larger chunks, which cuts the overlap's recomputation),
+        so memory does not grow with the duration."""
         self.check_latents(latents)
         frames = latents.shape[-1]
         cfg = self.config
+        chunk = max(chunk_frames or cfg.chunk_frames, cfg.overlap_frames + 1)
         if chunked is None:
-            chunked = frames > cfg.chunk_frames
+            chunked = frames > chunk
         if not chunked:
             return self.decoder(latents)
         out = None
-        for w0, w1, k0, k1 in _spans(frames, cfg.chunk_frames, cfg.overlap_frames):
+        for w0, w1, k0, k1 in _spans(frames, chunk, cfg.overlap_frames):
             part = self.decoder(latents[..., w0:w1])
             if out is None:
                 out = part.new_empty(part.shape[0], part.shape[1], frames * self.ratio)

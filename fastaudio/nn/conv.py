@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dispatch import use_triton
+from .dispatch import autocast_dtype, use_triton
 
 Padding = Union[int, Tuple[int, int]]
 
@@ -48,6 +48,11 @@ def conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, strid
 def conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
            padding: Padding = 0, dilation: int = 1, residual: Optional[Tensor] = None) -> Tensor:
     """Conv1d (+ bias + residual) with zero padding ``padding`` = int or (left, right)."""
+    cast = autocast_dtype(x.device.type)
+    if cast is not None:  # what autocast would do to F.conv1d, done for the kernel too
+        x, weight = x.to(cast), weight.to(cast)
+        bias = None if bias is None else bias.to(cast)
+        residual = None if residual is None else residual.to(cast)
     if use_triton("conv1d", x.is_cuda,
                   lambda: _triton_reason(x, weight, bias, stride, padding, dilation, residual)):
         from fastaudio.kernels.conv1d import conv1d as conv1d_triton
@@ -67,19 +72,15 @@ def _transposed_reason(x, weight, bias, stride, padding) -> Optional[str]:
 def conv_transpose1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
                      padding: int = 0) -> Tensor:
     """ConvTranspose1d (weight (C_in, C_out, K)) on our Triton kernels on CUDA, cuDNN elsewhere."""
+    cast = autocast_dtype(x.device.type)
+    if cast is not None:
+        x, weight = x.to(cast), weight.to(cast)
+        bias = None if bias is None else bias.to(cast)
     if use_triton("conv_transpose1d", x.is_cuda,
                   lambda: _transposed_reason(x, weight, bias, stride, padding)):
         from fastaudio.kernels.conv1d import conv_transpose1d as conv_transpose1d_triton
         return conv_transpose1d_triton(x, weight, bias, stride=stride, padding=padding)
     return F.conv_transpose1d(x, weight, bias, stride, padding)
-
-
-class Conv1d(nn.Conv1d):
-    """``nn.Conv1d`` (same parameters) whose forward takes an optional fused residual."""
-
-    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        return conv1d(x, self.weight, self.bias, self.stride[0], self.padding[0],
-                      self.dilation[0], residual)
 
 
 class SamePadConv1d(nn.Conv1d):

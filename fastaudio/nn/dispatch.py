@@ -11,8 +11,9 @@ The choice is made per call from one setting, ``FASTAUDIO_KERNELS`` (or ``set_ke
 ``FASTAUDIO_STRICT=1`` additionally turns an ``auto`` fallback on a CUDA tensor into an error,
 for benchmarks that must not time PyTorch while claiming Triton.
 
-Every (op, path, reason) is logged once at INFO and counted in :data:`path_counts`, so users
-can see which path ran (``fastaudio info`` prints the counters).
+Every (op, path, reason) is logged once at INFO (``fastaudio -v``) and counted in
+:data:`path_counts`, so users can see which path ran. Under CUDA graphs and torch.compile the
+choice is made once, at capture/trace time, so the counters count that, not the replays.
 """
 from __future__ import annotations
 
@@ -83,6 +84,15 @@ def record_path(op: str, path: str, reason: Optional[str] = None) -> None:
 def _compiling() -> bool:
     import torch
     return torch.compiler.is_compiling()
+
+
+def autocast_dtype(device_type: str):
+    """The autocast dtype when autocast is on for this device type, else None. Our custom ops are
+    invisible to autocast, so the layers cast their operands themselves."""
+    import torch
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
 
 
 def reset_path_log() -> None:

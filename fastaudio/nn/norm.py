@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .dispatch import use_triton
+from .dispatch import autocast_dtype, use_triton
 
 
 def _triton_reason(x, num_groups, weight, bias, scale, shift) -> Optional[str]:
@@ -39,6 +39,9 @@ def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optio
                eps: float = 1e-5, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
                silu: bool = False) -> Tensor:
     """GN(x)·weight + bias, then ·(1 + scale) + shift (FiLM), then SiLU; x is (B, C, L)."""
+    if autocast_dtype(x.device.type) is not None:  # parameters follow the activations' dtype
+        weight, bias, scale, shift = (None if p is None else p.to(x.dtype)
+                                      for p in (weight, bias, scale, shift))
     if use_triton("group_norm", x.is_cuda,
                   lambda: _triton_reason(x, num_groups, weight, bias, scale, shift)):
         from fastaudio.kernels.group_norm import group_norm as group_norm_triton

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .dispatch import use_triton
+from .dispatch import autocast_dtype, use_triton
 
 
 def _triton_reason(x, alpha) -> Optional[str]:
@@ -28,6 +28,8 @@ def snake_torch(x: Tensor, alpha: Tensor) -> Tensor:
 
 
 def snake(x: Tensor, alpha: Tensor) -> Tensor:
+    if autocast_dtype(x.device.type) is not None:
+        alpha = alpha.to(x.dtype)
     if use_triton("snake", x.is_cuda, lambda: _triton_reason(x, alpha)):
         from fastaudio.kernels.snake import snake as snake_triton
         return snake_triton(x, alpha)

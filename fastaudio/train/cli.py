@@ -74,13 +74,17 @@ def _run_spec(args) -> dict:
     if args.resume:
         if not os.path.isfile(run_json):
             raise TrainCLIError(f"--resume: {args.out} is not a run folder (no run.json)")
-        with open(run_json, encoding="utf-8") as f:
-            spec = json.load(f)
+        try:
+            with open(run_json, encoding="utf-8") as f:
+                spec = json.load(f)
+            spec["stage"], spec["train_config"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise TrainCLIError(f"--resume: {run_json} is unreadable or incomplete ({e})") from None
         if spec["stage"] != args.stage:
             raise TrainCLIError(f"--resume: {args.out} is a {spec['stage']} run, not {args.stage}")
         for key in ("data", "init", "preset", "config"):
             given = getattr(args, key)
-            if given is not None and given != spec.get(key):
+            if given is not None and os.path.abspath(given) != spec.get(key) and given != spec.get(key):
                 raise TrainCLIError(f"--resume: --{key} {given} differs from the run's {spec.get(key)}")
         return spec
     if os.path.isdir(os.path.join(args.out, "checkpoints")) and os.listdir(os.path.join(args.out, "checkpoints")):
@@ -144,6 +148,7 @@ def run_train(args: argparse.Namespace) -> int:
     from .trainer import Trainer
     spec = _run_spec(args)
     dist = D.init_distributed(args.device)
+    ok = False
     try:
         model = model_from_args(spec["init"], spec["preset"], seed=0)
         cfg = _train_config(spec, args, model.config)
@@ -160,6 +165,7 @@ def run_train(args: argparse.Namespace) -> int:
         if dist.is_main:
             print(f"trained {spec['stage']} for {trainer.step} steps; model folder: "
                   f"{os.path.join(args.out, 'export')}")
+        ok = True
     finally:
-        D.shutdown(dist)
+        D.shutdown(dist, ok)
     return 0

@@ -65,7 +65,7 @@ class DiffusionTrainConfig:
 class DataConfig:
     on_bad: str = "skip"               # skip | fail: what unusable files do to the run
     convert: bool = True               # resample / upmix files that differ from 44.1 kHz stereo
-    num_workers: int = 0
+    num_workers: int = 0               # DataLoader worker processes that load steps ahead
 
 
 @dataclass
@@ -100,6 +100,13 @@ class TrainConfig:
         need(self.strategy in ("auto", "ddp", "fsdp"), "strategy", "auto, ddp or fsdp")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1)")
         need(self.keep_last >= 1, "keep_last", "at least 1")
+        need(self.log_every >= 1, "log_every", "at least 1")
+        need(self.checkpoint_every >= 1, "checkpoint_every", "at least 1")
+        need(self.demo_every >= 0, "demo_every", "0 (off) or more")
+        need(self.data.num_workers >= 0, "data.num_workers", "0 or more")
+        need(len(self.diffusion.demo_prompts) == len(self.diffusion.demo_seconds),
+             "diffusion.demo_seconds", "needs one duration per demo prompt")
+        need(self.vae.sample_size > 0, "vae.sample_size", "must be positive")
         need(self.data.on_bad in ("skip", "fail"), "data.on_bad", "skip or fail")
         for key, o in (("optim", self.optim), ("vae.discriminator_optim", self.vae.discriminator_optim)):
             need(o.schedule in ("constant", "exponential", "cosine"), f"{key}.schedule",

@@ -48,7 +48,10 @@ def init_distributed(device: str | None = None) -> Dist:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
-        dev = torch.device("cuda", local)
+        if not torch.cuda.is_available():
+            raise DistributedError(f"--device {device}: no CUDA device is available")
+        if world > 1 or dev.index is None:  # one GPU per process under torchrun
+            dev = torch.device("cuda", local if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -57,9 +60,12 @@ def init_distributed(device: str | None = None) -> Dist:
     return Dist(rank, world, local, dev)
 
 
-def shutdown(d: Dist) -> None:
+def shutdown(d: Dist, ok: bool = True) -> None:
+    """Leave the process group; the barrier only after success (a failed rank must not wait for
+    peers stuck in a collective)."""
     if d.enabled and dist.is_initialized():
-        dist.barrier()
+        if ok:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -76,24 +82,17 @@ def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
     return t / d.world
 
 
-def broadcast_object(obj, d: Dist):
-    if not d.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+def wrap(module: nn.Module, d: Dist, strategy: str, find_unused: bool = False) -> nn.Module:
+    """DDP (default under torchrun) or FSDP2 (``fully_shard``, for the 907 M U-Net).
 
-
-def wrap(module: nn.Module, d: Dist, strategy: str) -> nn.Module:
-    """DDP (default under torchrun) or FSDP2 (``fully_shard``, for the 907 M U-Net)."""
+    ``find_unused``: some parameters may receive no gradient in a step (a frozen encoder); DDP
+    then has to search the graph every step, so it is only asked for where it is needed."""
     if not d.enabled:
         return module
     if strategy in ("auto", "ddp"):
         from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [d.device.index] if d.device.type == "cuda" else None
-        # find_unused_parameters: the self-attention's norm_context parameters of the
-        # reference architecture receive no gradient when a block has no cross-attention input
-        return DDP(module, device_ids=ids, find_unused_parameters=True)
+        return DDP(module, device_ids=ids, find_unused_parameters=find_unused)
     if strategy == "fsdp":
         try:
             from torch.distributed.fsdp import fully_shard

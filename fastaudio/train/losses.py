@@ -333,7 +333,8 @@ def diffusion_loss(unet: Callable[..., Tensor], latents: Tensor, context: Option
                    null_context_fn: Optional[Callable[[int, int], Tensor]] = None,
                    t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
                    generator: Optional[torch.Generator] = None, cfg_dropout: float = 0.1,
-                   padding_mask: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
+                   padding_mask: Optional[Tensor] = None,
+                   dropped: Optional[Tensor] = None) -> Tuple[Tensor, Dict[str, Tensor]]:
     """v-objective MSE of ``unet(x_t, t, context=, context_mask=)`` on clean ``latents`` (B, C, L).
 
     Draws, from ``generator`` and in this order: ``t ~ U[0, 1)`` per item (unless given),
@@ -344,7 +345,8 @@ def diffusion_loss(unet: Callable[..., Tensor], latents: Tensor, context: Option
     restricts the mean to them (the reference's ``mask_padding``, off for SA1.0).
 
     Returns ``(loss, info)`` with ``info``: ``t``, ``cfg_dropped`` (B,) bool, ``mse_per_item``
-    (B,), all detached.
+    (B,), all detached. ``dropped`` (B,) bool gives the dropout decisions instead of drawing them
+    (the trainer derives them, like t and the noise, from each sample's own generator).
     """
     if latents.dim() != 3:
         raise LossInputError(f"latents must be (batch, channels, length), got {tuple(latents.shape)}")
@@ -363,8 +365,10 @@ def diffusion_loss(unet: Callable[..., Tensor], latents: Tensor, context: Option
     noise = noise.to(device=device, dtype=latents.dtype)
     if noise.shape != latents.shape:
         raise LossInputError(f"noise must match latents {tuple(latents.shape)}, got {tuple(noise.shape)}")
-    # Always drawn (even for cfg_dropout 0 or 1) so the generator's stream does not depend on it.
-    dropped = (torch.rand(b, generator=generator, device=gen_device) < cfg_dropout).to(device)
+    if dropped is None:
+        # Always drawn (even for cfg_dropout 0 or 1) so the generator's stream does not depend on it.
+        dropped = (torch.rand(b, generator=generator, device=gen_device) < cfg_dropout).to(device)
+    dropped = torch.as_tensor(dropped, device=device).bool()
 
     if context is not None:
         if context.dim() != 3 or context.shape[0] != b:

@@ -20,8 +20,8 @@ class CLAPTrainModule(nn.Module):
 
     def forward(self, batch: dict, ctx: StepContext):
         loss, acc = self.clap.contrastive_loss(batch["audio"], batch["prompt"])
-        return loss, {"loss": loss.item(), "retrieval_acc": acc.item(),
-                      "temperature": float(1 / self.clap.logit_scale.detach().exp())}
+        return loss, {"loss": loss.detach(), "retrieval_acc": acc.detach(),
+                      "temperature": 1 / self.clap.logit_scale.detach().exp()}
 
 
 class CLAPStage(ModelStage):

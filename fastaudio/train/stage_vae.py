@@ -44,13 +44,20 @@ class AutoencoderTrainModule(nn.Module):
         recon = self.vae.decoder(z)[..., : audio.shape[-1]]
         rec, parts = self.recon_loss(recon, audio)
         loss = cfg.mrstft_weight * rec + cfg.kl_weight * kl
-        logs = {"mrstft": rec.item(), "kl": kl.item(), **{k: float(v.detach()) for k, v in parts.items()}}
+        logs = {"mrstft": rec.detach(), "kl": kl.detach(), **{k: v.detach() for k, v in parts.items()}}
         ctx.cache[ctx.micro] = {"reals": audio, "fakes": recon.detach()}
         if cfg.use_discriminator and ctx.step >= cfg.discriminator_start:
-            _, adv, fm = self._critic[0].loss(audio, recon)
+            critic = self._critic[0]
+            # The discriminator only judges here: no gradient for its weights in this group
+            # (autograd records that at forward time, so it can be switched back at once).
+            critic.requires_grad_(False)
+            try:
+                _, adv, fm = critic.loss(audio, recon)
+            finally:
+                critic.requires_grad_(True)
             loss = loss + cfg.adversarial_weight * adv + cfg.feature_matching_weight * fm
-            logs.update(adversarial=adv.item(), feature_matching=fm.item())
-        logs["loss"] = loss.item()
+            logs.update(adversarial=adv.detach(), feature_matching=fm.detach())
+        logs["loss"] = loss.detach()
         return loss, logs
 
 
@@ -62,7 +69,7 @@ class DiscriminatorTrainModule(nn.Module):
     def forward(self, batch: dict, ctx: StepContext):
         pair = ctx.cache[ctx.micro]
         loss, _, _ = self.discriminator.loss(pair["reals"], pair["fakes"])
-        return loss, {"discriminator_loss": loss.item()}
+        return loss, {"discriminator_loss": loss.detach()}
 
 
 class VAEStage(ModelStage):
@@ -74,6 +81,11 @@ class VAEStage(ModelStage):
         from .losses import VAEReconstructionLoss
         cfg = trainer.cfg.vae
         sr = self.model.config.sample_rate
+        ratio = self.model.config.vae.downsampling_ratio
+        if cfg.sample_size % ratio:
+            from .trainer import TrainingError
+            raise TrainingError(f"vae.sample_size {cfg.sample_size} must be a multiple of the VAE's "
+                                f"downsampling ratio {ratio}")
         self.discriminator = EncodecDiscriminator(in_channels=self.model.config.audio_channels,
                                                   filters=cfg.discriminator_filters).to(trainer.device)
         self.recon_loss = VAEReconstructionLoss(sample_rate=sr).to(trainer.device)
@@ -92,8 +104,10 @@ class VAEStage(ModelStage):
 
     def groups(self):
         cfg = self.trainer.cfg
+        # find_unused: the encoder receives no gradient once frozen (the paper's second stage)
         groups = [UpdateGroup("autoencoder", self.auto, cfg.optim, ema_target=self.model.vae,
-                              params=[p for p in self.model.vae.parameters()])]
+                              params=[p for p in self.model.vae.parameters()],
+                              find_unused=cfg.vae.freeze_encoder_after >= 0)]
         if cfg.vae.use_discriminator:
             start = cfg.vae.discriminator_start
             groups.append(UpdateGroup("discriminator", self.critic, cfg.vae.discriminator_optim,

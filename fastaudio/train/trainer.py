@@ -71,6 +71,7 @@ class UpdateGroup:
     params: Optional[List[nn.Parameter]] = None   # default: every trainable parameter
     ema_target: Optional[nn.Module] = None        # the module whose EMA is exported
     active: Callable[[int], bool] = lambda step: True  # e.g. a discriminator that starts later
+    find_unused: bool = False       # DDP: some parameters may get no gradient in a step
     wrapped: Optional[nn.Module] = None
     optimizer: Optional[torch.optim.Optimizer] = None
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
@@ -111,6 +112,37 @@ class Stage:
         raise NotImplementedError
 
 
+class _StepItems(torch.utils.data.Dataset):
+    """step → (epoch, positions, items) of one rank: what DataLoader workers load ahead."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.steps_per_epoch = trainer.steps_per_epoch
+        self.batch_size = trainer.cfg.batch_size
+        self.rank, self.world = trainer.dist.rank, trainer.dist.world
+        self.seed, self.num_items = trainer.cfg.seed, trainer.num_items
+        self.data = trainer.data
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+    def __getitem__(self, step: int):
+        return load_rank_batch(self.data, step, self.steps_per_epoch, self.batch_size, self.rank,
+                               self.world, self.seed, self.num_items)
+
+
+def load_rank_batch(data, step: int, steps_per_epoch: int, batch_size: int, rank: int, world: int,
+                    seed: int, num_items: int):
+    """(epoch, global positions, items) of rank ``rank``'s share of step ``step``: a pure function
+    of its arguments, so workers, resumed runs and N processes agree."""
+    epoch, k = divmod(step, steps_per_epoch)
+    perm = torch.randperm(num_items, generator=sample_generator(seed, epoch, -1))
+    start = k * batch_size
+    positions = range(start + rank, start + batch_size, world)
+    items = [data[(epoch, int(perm[p]))] if hasattr(data, "set_epoch") else data[int(perm[p])]
+             for p in positions]
+    return epoch, [p + epoch * num_items for p in positions], items
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str, stage_factory: Callable[["Trainer"], Stage],
                  dist: D.Dist, resume: bool = False, progress: bool = True):
@@ -134,7 +166,7 @@ class Trainer:
         self.steps_per_epoch = self.num_items // cfg.batch_size
         self.groups = self.stage.groups()
         for g in self.groups:
-            g.wrapped = D.wrap(g.module, dist, cfg.strategy)
+            g.wrapped = D.wrap(g.module, dist, cfg.strategy, find_unused=g.find_unused)
             params = g.params if g.params is not None else \
                 [p for p in g.wrapped.parameters() if p.requires_grad]
             o = g.optim
@@ -148,23 +180,9 @@ class Trainer:
         self.log = RunLog(run_dir, dist.is_main, resume_step=resumed)
 
     # -- data -----------------------------------------------------------------------------
-    def permutation(self, epoch: int) -> torch.Tensor:
-        return torch.randperm(self.num_items, generator=sample_generator(self.cfg.seed, epoch, -1))
-
-    def rank_indices(self, step: int):
-        """(epoch, [(global position, dataset index)]) of this rank's share of step ``step``."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        perm = self.permutation(epoch)
-        start = k * self.cfg.batch_size
-        positions = range(start + self.dist.rank, start + self.cfg.batch_size, self.dist.world)
-        return epoch, [(p, int(perm[p])) for p in positions]
-
     def load_batch(self, step: int):
-        epoch, pairs = self.rank_indices(step)
-        if hasattr(self.data, "set_epoch"):
-            self.data.set_epoch(epoch)
-        items = [self.data[i] for _, i in pairs]
-        return epoch, [p + epoch * self.num_items for p, _ in pairs], items
+        return load_rank_batch(self.data, step, self.steps_per_epoch, self.cfg.batch_size,
+                               self.dist.rank, self.dist.world, self.cfg.seed, self.num_items)
 
     # -- one step -------------------------------------------------------------------------
     def _autocast(self):
@@ -172,14 +190,23 @@ class Trainer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, step: int) -> Dict[str, float]:
-        epoch, positions, items = self.load_batch(step)
+    def train_step(self, step: int, loaded=None) -> Dict[str, torch.Tensor]:
+        """One optimisation step; logged values come back as detached device tensors (no host
+        sync per step: they are read at ``log_every``)."""
+        epoch, positions, items = loaded if loaded is not None else self.load_batch(step)
         a = self.cfg.grad_accum
         size = len(items) // a
         micro = [(positions[i * size:(i + 1) * size], self.stage.collate(items[i * size:(i + 1) * size]))
                  for i in range(a)]
         cache: dict = {}
-        logs: Dict[str, float] = {}
+        logs: Dict[str, torch.Tensor] = {}
+
+        def add(key, value, weight=1.0):
+            if hasattr(value, "full_tensor"):  # FSDP2: clip_grad_norm_ returns a DTensor
+                value = value.full_tensor()
+            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+            logs[key] = logs.get(key, 0.0) + value * weight
+
         for g in self.groups:
             if not g.active(step):
                 continue
@@ -191,21 +218,34 @@ class Trainer:
                 with sync:
                     with self._autocast():
                         loss, parts = g.wrapped(batch, ctx)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(f"{g.name} loss is {loss.item()} at step {step}")
                     (loss / a).backward()
+                add(f"{g.name}_objective", loss, 1 / a)
                 for k, v in parts.items():
-                    logs[k] = logs.get(k, 0.0) + float(v) / a
+                    add(k, v, 1 / a)
             if self.cfg.grad_clip > 0:
                 norm = torch.nn.utils.clip_grad_norm_(
                     [p for p in g.wrapped.parameters() if p.grad is not None], self.cfg.grad_clip)
-                logs[f"{g.name}_grad_norm"] = float(norm)
+                add(f"{g.name}_grad_norm", norm)
             g.optimizer.step()
             g.scheduler.step()
-            logs[f"{g.name}_lr"] = g.scheduler.get_last_lr()[0]
+            add(f"{g.name}_lr", g.scheduler.get_last_lr()[0])
             if g.ema is not None:
                 g.ema.update(g.ema_target, step)
         return logs
+
+    def _reduce_logs(self, window: Dict[str, torch.Tensor], count: int) -> Dict[str, float]:
+        """Means over the window, averaged over processes with one collective (keys sorted, so
+        every rank lines its values up the same way), and a check that training is finite."""
+        keys = sorted(window)
+        dev = self.device if self.dist.enabled and self.device.type == "cuda" else torch.device("cpu")
+        values = torch.stack([torch.as_tensor(window[k], dtype=torch.float64).to(dev) for k in keys]) / count
+        values = D.all_reduce_mean(values, self.dist).cpu().tolist()
+        means = dict(zip(keys, values))
+        bad = [k for k in keys if k.endswith("_objective") and not math.isfinite(means[k])]
+        if bad:
+            raise TrainingError(f"{', '.join(bad)} became {means[bad[0]]} before step {self.step}: "
+                                "lower the learning rate or check the data")
+        return means
 
     # -- run ------------------------------------------------------------------------------
     def fit(self, steps: Optional[int] = None) -> None:
@@ -213,26 +253,26 @@ class Trainer:
         cfg = self.cfg
         bar = tqdm(total=total, initial=self.step, desc=f"train {self.stage.name}", unit="step",
                    disable=not self.progress)
-        window: Dict[str, float] = {}
+        window: Dict[str, torch.Tensor] = {}
         count, t0 = 0, time.perf_counter()
+        batches = self._batches(total)
         try:
             while self.step < total:
                 step = self.step
-                logs = self.train_step(step)
+                logs = self.train_step(step, next(batches))
                 self.step = step + 1
                 bar.update(1)
                 for k, v in logs.items():
                     window[k] = window.get(k, 0.0) + v
                 count += 1
-                if self.step % cfg.log_every == 0 or self.step == total:
+                if self.step % cfg.log_every == 0 or self.step % cfg.checkpoint_every == 0 \
+                        or self.step == total:
                     elapsed = time.perf_counter() - t0
-                    means = {k: v / count for k, v in window.items()}
+                    means = self._reduce_logs(window, count)
                     means["step_time_s"] = elapsed / count
                     means["samples_per_s"] = count * cfg.batch_size / max(elapsed, 1e-9)
-                    reduced = {k: float(D.all_reduce_mean(torch.tensor(v, dtype=torch.float64), self.dist))
-                               for k, v in means.items()}
-                    self.log.write(self.step, reduced)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in reduced.items() if k.endswith("loss")})
+                    self.log.write(self.step, means)
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k.endswith("loss")})
                     window, count, t0 = {}, 0, time.perf_counter()
                 if self.step % cfg.checkpoint_every == 0 or self.step == total:
                     self.save()
@@ -241,6 +281,17 @@ class Trainer:
         finally:
             bar.close()
         self.export()
+
+    def _batches(self, total: int):
+        """This rank's items for each step from the current one: loaded in DataLoader worker
+        processes when ``data.num_workers`` > 0 (prefetching while the model trains)."""
+        workers = self.cfg.data.num_workers
+        if workers <= 0:
+            return (self.load_batch(step) for step in range(self.step, total))
+        loader = torch.utils.data.DataLoader(_StepItems(self), batch_size=None, num_workers=workers,
+                                             sampler=range(self.step, total), prefetch_factor=2,
+                                             persistent_workers=False, collate_fn=lambda x: x)
+        return iter(loader)
 
     # -- state ----------------------------------------------------------------------------
     def _module_state(self, g: UpdateGroup) -> dict:
