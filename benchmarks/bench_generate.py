@@ -12,7 +12,6 @@ measured matmul peak. Random weights: the speed of a model does not depend on it
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from typing import List
 
@@ -21,28 +20,44 @@ import torch
 from common import append_rows, measured_peaks, peak_memory_mb, reset_peak_memory
 
 
-@functools.lru_cache(maxsize=32)
 def unet_tflop(preset: str, frames: int, batch: int) -> float:
     """TFLOP of one U-Net forward at (batch, frames), counted on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-    from fastaudio import build_model
-    from fastaudio.nn import attention as NA
-    from fastaudio.nn import dispatch
-    m = build_model(preset, device="meta")
-    cfg = m.config
-    x = torch.empty(batch, cfg.vae.latent_dim, frames, device="meta")
-    ctx = torch.empty(batch, cfg.unet.context_embedding_max_length, cfg.unet.context_embedding_features,
-                      device="meta")
-    # meta tensors run the PyTorch paths whatever FASTAUDIO_KERNELS/FASTAUDIO_ATTENTION force
-    dispatch.set_kernel_mode("torch")
-    NA.set_attention_backend("sdpa")
-    try:
-        with FlopCounterMode(display=False) as fc:
-            m.unet(x, torch.empty(batch, device="meta"), ctx, None)
-    finally:
-        dispatch.set_kernel_mode(None)
-        NA.set_attention_backend(None)
-    return fc.get_total_flops() / 1e12
+    from fastaudio.flops import unet_flops
+    return unet_flops(preset, frames, batch)["total"] / 1e12
+
+
+def attention_share(preset: str, frames: int) -> float:
+    """Fraction of the U-Net's FLOPs in the attention core (QKᵀ and PV) at this length."""
+    from fastaudio.flops import unet_flops
+    f = unet_flops(preset, frames, 1)
+    return f["attention_core"] / f["total"]
+
+
+def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats: int) -> List[dict]:
+    """VAE decoding alone, within and past the diffusion window: the chunked decoder keeps memory
+    bounded, so time should grow linearly and peak memory stay flat."""
+    from fastaudio.pipeline import StableAudio
+    from common import sync, time_ms
+    pipe = StableAudio(model, device=device, dtype=dtype)
+    cfg = pipe.config
+    rows = []
+    for s in seconds:
+        frames = -(-int(round(s * cfg.sample_rate)) // cfg.vae.downsampling_ratio)
+        z = torch.randn(1, cfg.vae.latent_dim, frames, device=device, dtype=pipe.dtype)
+        decode = lambda: pipe.model.vae.decode(z, chunk_frames=pipe.decode_chunk_frames)
+        with torch.inference_mode():
+            decode()  # warm-up
+            reset_peak_memory(device)
+            ms = time_ms(decode, device, repeats=repeats)
+            sync(device)
+        rows.append({"what": "decode", "preset": cfg.name, "seconds_audio": s, "frames": frames,
+                     "dtype": str(pipe.dtype).replace("torch.", ""), "decode_s": round(ms / 1e3, 4),
+                     "decode_rtf": round(s / (ms / 1e3), 2), "chunk_frames": pipe.decode_chunk_frames or cfg.vae.chunk_frames,
+                     # a CPU process's peak RSS cannot be reset: only CUDA figures are per length
+                     "peak_memory_mb": peak_memory_mb(device) if device == "cuda" else None})
+        print(f"decode {s:7.1f} s of audio ({frames} frames): {ms / 1e3:.3f} s, RTF {s / (ms / 1e3):.1f}x, "
+              f"peak {rows[-1]['peak_memory_mb']} MB")
+    return rows
 
 
 def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_scale: float,
@@ -72,12 +87,13 @@ def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_s
             batch = 2 if cfg_scale != 1.0 else 1
             tflop = unet_tflop(preset, frames, batch) * steps
             mfu = tflop / t["sampling"] / peaks["matmul_tflops"]
-            row = {"preset": preset, "mode": mode, "window_s": round(window, 2), "frames": frames,
+            row = {"what": "generate", "preset": preset, "mode": mode, "window_s": round(window, 2), "frames": frames,
                    "steps": steps, "cfg_scale": cfg_scale, "dtype": str(pipe.dtype).replace("torch.", ""),
                    "seconds": round(t["total"], 4), "text_s": round(t["text_encoding"], 4),
                    "sampling_s": round(t["sampling"], 4), "decode_s": round(t["decoding"], 4),
                    "ms_per_step": round(1e3 * t["sampling"] / steps, 3),
                    "rtf": round(window / t["total"], 3), "unet_tflop": round(tflop, 3),
+                   "attention_share": round(attention_share(preset, frames), 4),
                    "mfu": round(mfu, 4), "peak_memory_mb": peak_memory_mb(device),
                    "measured_peak": peaks, "repeats": repeats}
             rows.append(row)
@@ -111,7 +127,14 @@ def main(argv=None) -> List[dict]:
         windows, steps = windows[:1], min(steps, 10)
     if not cuda:
         print(f"no CUDA device: CPU figures for the {a.preset!r} preset (eager)")
-    rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, a.dtype or ("bf16" if cuda else "fp32"))
+    dtype = a.dtype or ("bf16" if cuda else "fp32")
+    rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, dtype)
+    # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)
+    from fastaudio import build_model
+    model = build_model(a.preset, seed=0)
+    longest = model.config.window_seconds
+    seconds = [longest] if a.quick else [longest / 2, longest, 2 * longest, 4 * longest]
+    rows += decode_scaling(model, "cuda" if cuda else "cpu", dtype, seconds, repeats)
     for r in rows:
         r["quick"] = a.quick
     print(f"{len(rows)} rows appended to {append_rows('generate', rows)}")

@@ -26,7 +26,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+# FASTAUDIO_BENCH_RESULTS: another folder (smoke runs that must not touch the committed results)
+RESULTS_DIR = os.environ.get("FASTAUDIO_BENCH_RESULTS") or os.path.join(ROOT, "benchmarks", "results")
 RUN_ID = uuid.uuid4().hex[:12]  # rows written by one process share it: ratios never cross runs
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor figures), for reference beside the measured peak.

@@ -16,9 +16,10 @@ from typing import Dict, List, Optional
 
 from common import ROOT, RESULTS_DIR, read_rows
 
-SUBJECTS = ["generate", "vs_reference", "vs_autoregressive", "kernels", "attention", "train"]
+SUBJECTS = ["generate", "decode", "vs_reference", "vs_autoregressive", "kernels", "attention", "train"]
 TITLES = {
     "generate": "End-to-end generation",
+    "decode": "VAE decoding within and past the window (chunked)",
     "vs_reference": "Against stable-audio-tools' own generation path",
     "vs_autoregressive": "Against an autoregressive baseline (MusicGen configuration)",
     "kernels": "Triton kernels against torch eager and torch.compile",
@@ -38,6 +39,16 @@ def latest_runs(rows: List[Dict]) -> Dict[str, List[Dict]]:
         if device not in best or key > best[device][0]:
             best[device] = (key, rs)
     return {d: v[1] for d, v in best.items()}
+
+
+def subject_rows(subject: str) -> List[Dict]:
+    """Rows of one table: generation and decode-scaling rows share the generate results file."""
+    if subject == "decode":
+        return [r for r in read_rows("generate") if r.get("what") == "decode"]
+    rows = read_rows(subject)
+    if subject == "generate":
+        rows = [r for r in rows if r.get("what", "generate") == "generate"]
+    return rows
 
 
 def table(rows: List[Dict], cols: List[str], headers: Optional[List[str]] = None) -> str:
@@ -72,7 +83,26 @@ def para_generate(rs):
             f"real-time factor of {best['rtf']:.3g}×, {best['ms_per_step']:.3g} ms per sampler step, "
             f"{100 * best['mfu']:.2g} % of the measured matmul peak in the U-Net. Sampling takes "
             f"{100 * best['sampling_s'] / best['seconds']:.0f} % of the time, decoding "
-            f"{100 * best['decode_s'] / best['seconds']:.0f} %.\n")
+            f"{100 * best['decode_s'] / best['seconds']:.0f} %."
+            + (f" The attention core (QKᵀ, PV) is {100 * best['attention_share']:.0f} % of the U-Net's "
+               f"FLOPs at this length, growing with its square." if best.get("attention_share") else "")
+            + "\n")
+
+
+def para_decode(rs):
+    rs = sorted(rs, key=lambda r: r["seconds_audio"])
+    a, b = rs[0], rs[-1]
+    growth = b["decode_s"] / a["decode_s"]
+    mem = [r["peak_memory_mb"] for r in rs if r.get("peak_memory_mb") is not None]
+    text = (f"From {a['seconds_audio']:g} s to {b['seconds_audio']:g} s of audio "
+            f"({b['seconds_audio'] / a['seconds_audio']:.3g}× longer) decoding takes {growth:.3g}× the "
+            f"time (linear would be {b['seconds_audio'] / a['seconds_audio']:.3g}×), "
+            f"{b['decode_rtf']:.3g}× real time at the longest.")
+    if len(mem) == len(rs):
+        text += f" Peak memory goes from {mem[0]:g} MB to {mem[-1]:g} MB."
+    else:
+        text += " Peak memory is only recorded per length on a GPU."
+    return text + "\n"
 
 
 def para_ratio(rs, name_ref, name_ours="fastaudio"):
@@ -127,7 +157,9 @@ def para_attention(rs):
 
 COLUMNS = {
     "generate": (["preset", "mode", "window_s", "steps", "dtype", "seconds", "text_s", "sampling_s", "decode_s",
-                  "ms_per_step", "rtf", "mfu", "peak_memory_mb"], para_generate),
+                  "ms_per_step", "rtf", "mfu", "attention_share", "peak_memory_mb"], para_generate),
+    "decode": (["preset", "seconds_audio", "frames", "dtype", "chunk_frames", "decode_s", "decode_rtf",
+                "peak_memory_mb"], para_decode),
     "vs_reference": (["preset", "what", "seconds_audio", "steps", "dtype", "reference_s", "fastaudio_s",
                       "speedup", "execution"], lambda rs: para_ratio(rs, "stable-audio-tools")),
     "vs_autoregressive": (["musicgen", "musicgen_params_m", "seconds", "musicgen_s", "musicgen_rtf",
@@ -186,7 +218,7 @@ def render() -> str:
              "printed above its table. Regenerate everything with `python benchmarks/run_all.py`.\n\n"]
     per_device: Dict[str, Dict[str, List[Dict]]] = defaultdict(dict)
     for subject in SUBJECTS:
-        rows = read_rows(subject)
+        rows = subject_rows(subject)
         if not rows:
             continue
         parts.append(f"## {TITLES[subject]}\n\n")

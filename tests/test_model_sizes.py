@@ -43,3 +43,19 @@ def test_timing_tables_and_text_tower(sa10):
     assert tuple(text.embeddings.word_embeddings.weight.shape) == (50265, 768)
     assert all(p.device.type == "meta" for p in sa10.parameters())
     assert sa10.unet.fixed_embedding.embedding.weight.dtype == torch.float32
+
+
+def test_unet_flops_match_the_design_figures():
+    """DESIGN.md: ~2.29 TFLOP per forward per item at L=4096, the attention core ~12 % of it; the
+    core grows almost with the square of the length (self-attention; cross-attention to 79 tokens
+    is linear), the rest linearly."""
+    from fastaudio.flops import unet_flops
+    full = unet_flops("stable-audio-1.0", 4096, 1)
+    assert abs(full["total"] / 1e12 - 2.29) < 0.02, full
+    share = full["attention_core"] / full["total"]
+    assert 0.10 < share < 0.14, share
+    half = unet_flops("stable-audio-1.0", 2048, 1)
+    assert 3.5 < full["attention_core"] / half["attention_core"] < 4.0
+    rest_full, rest_half = (f["total"] - f["attention_core"] for f in (full, half))
+    assert abs(rest_half * 2 / rest_full - 1) < 0.02
+    assert abs(unet_flops("stable-audio-1.0", 4096, 2)["total"] / full["total"] - 2) < 1e-6

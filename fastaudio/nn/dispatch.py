@@ -90,9 +90,14 @@ def autocast_dtype(device_type: str):
     """The autocast dtype when autocast is on for this device type, else None. Our custom ops are
     invisible to autocast, so the layers cast their operands themselves."""
     import torch
+    if device_type not in _AUTOCAST_DEVICES:  # meta tensors (FLOP counting, sizes): no autocast
+        return None
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
+
+
+_AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps", "hpu", "xla", "mtia", "maia")
 
 
 def reset_path_log() -> None:
