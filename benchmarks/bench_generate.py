@@ -1,6 +1,6 @@
 """End-to-end generation: seconds, real-time factor, ms per step, peak memory and MFU.
 
-For each window (10, 30, 47, 95 s on a GPU with the SA1.0 preset; the small preset's windows on a
+For each window (5, 10, 30, 47, 95 s on a GPU with the SA1.0 preset; the small preset's windows on a
 CPU), and each execution mode (eager, torch.compile, CUDA graphs), one warm-up generation is run
 (compilation, autotuning and graph capture excluded), then the timed ones. Stages: text encoding,
 sampling (all steps), decoding. MFU = U-Net FLOPs of the sampling (counted exactly with
@@ -119,7 +119,7 @@ def main(argv=None) -> List[dict]:
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     windows = [float(w) for w in a.windows.split(",")] if a.windows else \
-        ([10, 30, 47, 95.1] if cuda else [3.0, 6.0, 11.9])
+        ([5, 10, 30, 47, 95.1] if cuda else [3.0, 6.0, 11.9])
     modes = a.modes.split(",") if a.modes else (["eager", "compile", "graph"] if cuda else ["eager"])
     steps = a.steps or (100 if cuda else 50)
     repeats = a.repeats or (1 if a.quick else 3)
