@@ -111,7 +111,7 @@ def para_ratio(rs, name_ref, name_ours="fastaudio"):
         return ""
     r = e2e[-1]
     return (f"End to end, {name_ours} is {r['speedup']:.3g}× faster than {name_ref} on this device "
-            f"({r.get('reference_s', r.get('musicgen_s'))} s vs {r['fastaudio_s']} s), measured in "
+            f"({r.get('reference_s', r.get('musicgen_s')):.3g} s vs {r['fastaudio_s']:.3g} s), measured in "
             f"the same process.\n")
 
 
