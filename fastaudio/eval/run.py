@@ -89,6 +89,32 @@ def _rate(rows: List[Dict], key: str) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
+def context_sensitivity(model, prompts: Sequence[str], seconds: Sequence[float], seed: int = 0,
+                        t: float = 0.5) -> Dict[str, float]:
+    """How much the U-Net's output depends on its conditioning: for one noisy latent at time ``t``,
+    the mean relative change of v, ||v(a) - v(b)|| / ||v(a)||, over pairs of different prompts (same
+    duration) and of different durations (same prompt). Near 0: the model ignores its context and
+    cannot follow prompts or durations, whatever the sampler does."""
+    cfg = model.config
+    device = next(model.unet.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, cfg.vae.latent_dim, cfg.latent_length, generator=g).to(device)
+    tt = torch.full((1,), t, device=device)
+
+    def v(prompt, total):
+        ctx, mask = model.conditioner([prompt], 0, total)
+        return model.unet(x, tt, ctx.float(), mask).float()
+
+    def rel(a, b):
+        return float((a - b).norm() / a.norm().clamp_min(1e-12))
+    with torch.no_grad():
+        base = [v(p, seconds[0]) for p in prompts]
+        by_prompt = [rel(base[i], base[j]) for i in range(len(prompts)) for j in range(i + 1, len(prompts))]
+        by_total = [rel(base[0], v(prompts[0], s)) for s in seconds[1:]]
+    return {"prompt": float(np.mean(by_prompt)) if by_prompt else float("nan"),
+            "duration": float(np.mean(by_total)) if by_total else float("nan")}
+
+
 def summarise(rows: List[Dict]) -> Dict[str, Optional[float]]:
     return {k: _rate(rows, k) for k in ("family_ok", "tempo_ok", "tempo_ok_octave",
                                          "tempo_class_ok", "key_ok", "mode_ok")}
@@ -119,6 +145,8 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
         rows_real.append(attribute_scores(ref, it, refs, sr))
         log.info("eval %d/%d: %s", k + 1, len(chosen), prompt)
     results: Dict = {"items": len(chosen), "model": pipe.config.name}
+    probe_seconds = [s for s in timing_seconds if s <= window] or [window]
+    results["context_sensitivity"] = context_sensitivity(pipe.model, prompts[:4] or [""], probe_seconds, seed)
     clap_emb, mel_emb = CLAPEmbedder(refs.clap), MelEmbedder(sr)
     pad = lambda xs: torch.stack([torch.nn.functional.pad(x, (0, int(window * sr) - x.shape[-1]))
                                   for x in xs])
@@ -187,6 +215,10 @@ def format_markdown(named: Dict[str, Dict]) -> str:
                        ("mode_ok", "mode (major/minor) correct")):
         lines.append(f"| {title} ↑ | " + " | ".join(f(named[n]["follow"].get(key), True) for n in names)
                      + f" | {f(first['follow_real'].get(key), True)} | {f(first['chance'].get(key), True)} |")
+    for key, title in (("prompt", "U-Net output change between prompts ↑"),
+                       ("duration", "U-Net output change between durations ↑")):
+        lines.append(f"| {title} | " + " | ".join(f(named[n].get("context_sensitivity", {}).get(key), True)
+                                                  for n in names) + " | – | – |")
     for key, title in (("vae_si_sdr_db", "VAE reconstruction SI-SDR (dB) ↑"), ("vae_mrstft", "VAE reconstruction MR-STFT ↓")):
         lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + " | – | – |")
     return "\n".join(lines) + "\n"
