@@ -17,7 +17,7 @@ from typing import List
 
 import torch
 
-from common import append_rows, measured_peaks, peak_memory_mb, reset_peak_memory
+from common import measured_peaks, peak_memory_mb, reset_peak_memory, save_rows, time_ms
 
 
 def unet_tflop(preset: str, frames: int, batch: int) -> float:
@@ -37,7 +37,6 @@ def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats
     """VAE decoding alone, within and past the diffusion window: the chunked decoder keeps memory
     bounded, so time should grow linearly and peak memory stay flat."""
     from fastaudio.pipeline import StableAudio
-    from common import sync, time_ms
     pipe = StableAudio(model, device=device, dtype=dtype)
     cfg = pipe.config
     rows = []
@@ -49,7 +48,6 @@ def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats
             decode()  # warm-up
             reset_peak_memory(device)
             ms = time_ms(decode, device, repeats=repeats)
-            sync(device)
         rows.append({"what": "decode", "preset": cfg.name, "seconds_audio": s, "frames": frames,
                      "dtype": str(pipe.dtype).replace("torch.", ""), "decode_s": round(ms / 1e3, 4),
                      "decode_rtf": round(s / (ms / 1e3), 2), "chunk_frames": pipe.decode_chunk_frames or cfg.vae.chunk_frames,
@@ -135,9 +133,7 @@ def main(argv=None) -> List[dict]:
     longest = model.config.window_seconds
     seconds = [longest] if a.quick else [longest / 2, longest, 2 * longest, 4 * longest]
     rows += decode_scaling(model, "cuda" if cuda else "cpu", dtype, seconds, repeats)
-    for r in rows:
-        r["quick"] = a.quick
-    print(f"{len(rows)} rows appended to {append_rows('generate', rows)}")
+    save_rows("generate", rows, a.quick)
     return rows
 
 

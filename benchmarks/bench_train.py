@@ -17,7 +17,7 @@ from typing import List
 
 import torch
 
-from common import append_rows, peak_memory_mb, reset_peak_memory
+from common import append_rows, peak_memory_mb, reset_peak_memory, sync
 
 
 def _steps(module, batch_fn, params, steps, device, autocast) -> float:
@@ -26,8 +26,7 @@ def _steps(module, batch_fn, params, steps, device, autocast) -> float:
     times = []
     for step in range(steps + 1):  # step 0 is a warm-up
         batch = batch_fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         t0 = time.perf_counter()
         ctx = StepContext(step, 0, 0, list(range(len(next(iter(batch.values()))))), {}, 0)
         with autocast():
@@ -35,8 +34,7 @@ def _steps(module, batch_fn, params, steps, device, autocast) -> float:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         if step:
             times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]

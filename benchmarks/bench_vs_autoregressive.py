@@ -23,7 +23,7 @@ from typing import List
 
 import torch
 
-from common import append_rows, sync
+from common import save_rows, sync
 
 DECODERS = {  # published MusicGen decoder sizes
     "large": dict(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, ffn_dim=8192),
@@ -109,9 +109,7 @@ def main(argv=None) -> List[dict]:
         print(f"no CUDA device: CPU figures, MusicGen-{a.musicgen}"
               + (" (scaled down)" if a.musicgen == "tiny" else "") + f" vs fastaudio {a.preset}")
     rows = bench(a.musicgen, seconds, a.preset, a.steps, a.dtype)
-    for r in rows:
-        r["quick"] = a.quick
-    print(f"{len(rows)} rows appended to {append_rows('vs_autoregressive', rows)}")
+    save_rows("vs_autoregressive", rows, a.quick)
     return rows
 
 

@@ -27,7 +27,7 @@ from typing import List
 
 import torch
 
-from common import ROOT, append_rows, sync
+from common import ROOT, save_rows, sync
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the reference loaders live with the tests
 import reference_impl as R  # noqa: E402
@@ -135,9 +135,7 @@ def main(argv=None) -> List[dict]:
     if not cuda:
         print(f"no CUDA device: CPU figures at the {a.preset!r} preset")
     rows = bench(a.preset, a.seconds, steps, a.cfg_scale, a.dtype, repeats)
-    for r in rows:
-        r["quick"] = a.quick
-    print(f"{len(rows)} rows appended to {append_rows('vs_reference', rows)}")
+    save_rows("vs_reference", rows, a.quick)
     return rows
 
 

@@ -138,6 +138,15 @@ def measured_peaks(device: str = "cpu") -> Dict[str, float]:
             "copy_gbs": round(gbs, 1)}
 
 
+def save_rows(subject: str, rows: List[Dict], quick: bool) -> str:
+    """Mark rows as a --quick smoke run or not, append them, and say where they went."""
+    for r in rows:
+        r["quick"] = quick
+    path = append_rows(subject, rows)
+    print(f"{len(rows)} rows appended to {path}")
+    return path
+
+
 def append_rows(subject: str, rows: List[Dict], out: Optional[str] = None) -> str:
     """Append rows (metadata added) to results/<subject>.jsonl; returns the path."""
     path = out or os.path.join(RESULTS_DIR, f"{subject}.jsonl")

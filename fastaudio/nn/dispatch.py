@@ -90,14 +90,12 @@ def autocast_dtype(device_type: str):
     """The autocast dtype when autocast is on for this device type, else None. Our custom ops are
     invisible to autocast, so the layers cast their operands themselves."""
     import torch
-    if device_type not in _AUTOCAST_DEVICES:  # meta tensors (FLOP counting, sizes): no autocast
+    if not torch.amp.is_autocast_available(device_type):  # meta tensors (FLOP counting, sizes)
         return None
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
-
-_AUTOCAST_DEVICES = ("cuda", "cpu", "xpu", "mps", "hpu", "xla", "mtia", "maia")
 
 
 def reset_path_log() -> None:

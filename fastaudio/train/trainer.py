@@ -130,6 +130,12 @@ class _StepItems(torch.utils.data.Dataset):
                                self.world, self.seed, self.num_items)
 
 
+def _as_is(batch):
+    """DataLoader collate for _StepItems, which already returns whole steps (a module-level
+    function, not a lambda, so workers can be spawned as well as forked)."""
+    return batch
+
+
 def load_rank_batch(data, step: int, steps_per_epoch: int, batch_size: int, rank: int, world: int,
                     seed: int, num_items: int):
     """(epoch, global positions, items) of rank ``rank``'s share of step ``step``: a pure function
@@ -290,7 +296,7 @@ class Trainer:
             return (self.load_batch(step) for step in range(self.step, total))
         loader = torch.utils.data.DataLoader(_StepItems(self), batch_size=None, num_workers=workers,
                                              sampler=range(self.step, total), prefetch_factor=2,
-                                             persistent_workers=False, collate_fn=lambda x: x)
+                                             persistent_workers=False, collate_fn=_as_is)
         return iter(loader)
 
     # -- state ----------------------------------------------------------------------------
