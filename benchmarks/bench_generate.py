@@ -20,10 +20,11 @@ import torch
 from common import measured_peaks, peak_memory_mb, reset_peak_memory, save_rows, time_ms
 
 
-def unet_tflop(preset: str, frames: int, batch: int) -> float:
-    """TFLOP of one U-Net forward at (batch, frames), counted on the meta device."""
+def unet_tflop(preset: str, frames: int, context_groups: int) -> float:
+    """TFLOP of one guided U-Net call on one item (2 context groups under guidance: the
+    context-free prefix runs once), counted on the meta device."""
     from fastaudio.flops import unet_flops
-    return unet_flops(preset, frames, batch)["total"] / 1e12
+    return unet_flops(preset, frames, 1, context_groups)["total"] / 1e12
 
 
 def attention_share(preset: str, frames: int) -> float:
@@ -82,8 +83,8 @@ def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_s
                 pipe.generate("benchmark prompt", **kw)
                 timings.append(dict(pipe.last_timings))
             t = {k: sorted(d[k] for d in timings)[len(timings) // 2] for k in timings[0]}
-            batch = 2 if cfg_scale != 1.0 else 1
-            tflop = unet_tflop(preset, frames, batch) * steps
+            groups = 2 if cfg_scale != 1.0 else 1
+            tflop = unet_tflop(preset, frames, groups) * steps
             mfu = tflop / t["sampling"] / peaks["matmul_tflops"]
             row = {"what": "generate", "preset": preset, "mode": mode, "window_s": round(window, 2), "frames": frames,
                    "steps": steps, "cfg_scale": cfg_scale, "dtype": str(pipe.dtype).replace("torch.", ""),

@@ -10,9 +10,10 @@ from typing import Dict
 
 
 @functools.lru_cache(maxsize=64)
-def unet_flops(preset: str, frames: int, batch: int = 1) -> Dict[str, float]:
+def unet_flops(preset: str, frames: int, batch: int = 1, context_groups: int = 1) -> Dict[str, float]:
     """{"total": FLOPs, "attention_core": FLOPs of the attention products} of one forward of the
-    preset's U-Net on (batch, latent_dim, frames); nothing is allocated."""
+    preset's U-Net on (batch, latent_dim, frames) with ``context_groups`` contexts per item
+    (2 under classifier-free guidance: the context-free prefix runs once); nothing is allocated."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -22,8 +23,8 @@ def unet_flops(preset: str, frames: int, batch: int = 1) -> Dict[str, float]:
     model = build_model(preset, device="meta")
     cfg = model.config
     x = torch.empty(batch, cfg.vae.latent_dim, frames, device="meta")
-    ctx = torch.empty(batch, cfg.unet.context_embedding_max_length, cfg.unet.context_embedding_features,
-                      device="meta")
+    ctx = torch.empty(batch * context_groups, cfg.unet.context_embedding_max_length,
+                      cfg.unet.context_embedding_features, device="meta")
     # meta tensors take the PyTorch paths; the math of SDPA on meta is batched matmuls (aten.bmm),
     # which nothing else in the U-Net uses (linears are mm/addmm, convolutions convolution)
     dispatch.set_kernel_mode("torch")

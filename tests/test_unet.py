@@ -1,5 +1,6 @@
 """The U-Net: fidelity to stable-audio-tools' UNetCFG1d with the same weights, shapes, errors."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -61,6 +62,27 @@ def test_matches_reference_unet(name):
 
 
 @pytest.mark.reference
+@pytest.mark.parametrize("name", sorted(CONFIGS) + ["bottleneck-only"])
+@pytest.mark.parametrize("b,groups", [(1, 2), (2, 2), (2, 3)])
+def test_shared_x_over_context_groups_equals_repeating_x(name, b, groups):
+    """Guidance calls the U-Net with x once and k stacked contexts; the layers before the first
+    cross-attention run once. The result must be the reference U-Net's on x repeated k times."""
+    cfg = CONFIGS.get(name) or dataclasses.replace(CONFIGS["tiny"], attentions=[0, 0, 0, 0, 1])
+    ref, ours = _pair(cfg)
+    length, n_ctx = 2 * math.prod(cfg.factors), cfg.context_embedding_max_length
+    x, t = torch.randn(b, cfg.in_channels, length), torch.rand(b)
+    ctx = torch.randn(b * groups, n_ctx, cfg.context_embedding_features)
+    mask = torch.rand(b * groups, n_ctx) > 0.3
+    mask[:, -2:] = True
+    with torch.no_grad():
+        want = ref(x.repeat(groups, 1, 1), t.repeat(groups), embedding=ctx, embedding_mask=mask)
+        got = ours(x, t, ctx, mask)
+    assert got.shape == want.shape == (b * groups, cfg.in_channels, length)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (want[:b] - want[-b:]).abs().max() > 1e-3 * want.abs().max()  # the groups differ
+
+
+@pytest.mark.reference
 def test_null_context_is_the_reference_fixed_embedding():
     cfg = CONFIGS["tiny"]
     ref, ours = _pair(cfg)
@@ -90,5 +112,7 @@ def test_bad_inputs_are_named():
         unet(torch.randn(1, cfg.in_channels, 32), torch.rand(3), ctx)
     with pytest.raises(UNetInputError, match="context must be"):
         unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), torch.randn(1, 79, 5))
+    with pytest.raises(UNetInputError, match="context must be"):  # 3 contexts over 2 items
+        unet(torch.randn(2, cfg.in_channels, 32), torch.rand(2), unet.null_context(3, 79))
     with pytest.raises(UNetInputError, match="context is required"):
         unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), None)

@@ -1,8 +1,9 @@
 """Classifier-free guidance over the U-Net, as stable-audio-tools' UNetCFG1d computes it.
 
-One batched pass over [cond; uncond] (the learned null context, or a negative prompt whose
-padded tokens are replaced by the null context), then ``uncond + s·(cond − uncond)`` on the
-v-prediction, optionally rescaled: ``φ·out·std(cond)/std(out) + (1−φ)·out`` (std over channels).
+One batched pass over contexts [cond; uncond] (the learned null context, or a negative prompt
+whose padded tokens are replaced by the null context) with x given once, so the U-Net runs its
+context-free prefix (input block, first level, first self-attention) a single time; then
+``uncond + s·(cond − uncond)`` on the v-prediction, optionally rescaled: ``φ·out·std(cond)/std(out) + (1−φ)·out`` (std over channels).
 Like the reference, both halves use the prompt's context mask. ``scale == 1`` runs the
 conditional model alone.
 """
@@ -71,7 +72,9 @@ class GuidedV:
         x_in, t_in = x.to(self.dtype), t.float()  # t stays fp32 (see UNet1d.check_inputs)
         if self.scale == 1.0:
             return self.forward(x_in, t_in, self.context, self.mask).to(x.dtype)
-        both = self.forward(torch.cat([x_in, x_in], 0), torch.cat([t_in, t_in], 0), self.context, self.mask)
+        # x once, context [cond; uncond]: the U-Net runs its context-free prefix (input block,
+        # first level, the first self-attention) on x alone and widens at the first cross-attention
+        both = self.forward(x_in, t_in, self.context, self.mask)
         cond, uncond = both.to(x.dtype).chunk(2, 0)
         out = uncond + (cond - uncond) * self.scale
         if self.rescale:

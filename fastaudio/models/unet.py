@@ -33,6 +33,18 @@ class UNetInputError(FastAudioError, ValueError):
 # ResNet blocks
 # ---------------------------------------------------------------------------------------------
 
+def to_batch(x: Tensor, batch: int) -> Tensor:
+    """``x`` repeated block-wise up to ``batch`` rows (``[x; x; …]``), or ``x`` itself.
+
+    The U-Net may be called with one latent batch and k context batches stacked (classifier-free
+    guidance: [cond; uncond] over the same x). Everything before the first cross-attention is
+    the same for every context group, so it runs once on the small batch; the first op that
+    meets a larger batch (cross-attention, a skip concatenation, FiLM) widens its input here."""
+    if x.shape[0] == batch:
+        return x
+    return x.repeat(batch // x.shape[0], *([1] * (x.dim() - 1)))
+
+
 class ConvBlock1d(nn.Module):
     """GroupNorm → (FiLM) → SiLU → conv k3, the norm, FiLM and SiLU in one fused op."""
 
@@ -72,7 +84,7 @@ class ResnetBlock1d(nn.Module):
         h = self.block1(x)
         scale = shift = None
         if self.use_mapping:
-            scale, shift = self.to_scale_shift(mapping)
+            scale, shift = self.to_scale_shift(to_batch(mapping, x.shape[0]))
         return self.block2(h, scale, shift, residual=self.to_out(x))
 
 
@@ -142,6 +154,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, context: Optional[Tensor], context_mask: Optional[Tensor]) -> Tensor:
         x = x + self.attention(x)
         if self.use_cross_attention:
+            x = to_batch(x, context.shape[0])  # shared prefix ends here (see to_batch)
             x = x + self.cross_attention(x, context, context_mask)
         return x + self.feed_forward(x)
 
@@ -223,7 +236,7 @@ class UpsampleBlock1d(nn.Module):
 
     def forward(self, x, skips: List[Tensor], mapping, context, context_mask) -> Tensor:
         for block in self.blocks:
-            skip = skips.pop()
+            skip = to_batch(skips.pop(), x.shape[0])
             x = block(torch.cat([x, skip * self.skip_scale if self.skip_scale != 1.0 else skip], 1),
                       mapping)
         if self.use_transformer:
@@ -349,10 +362,10 @@ class UNet1d(nn.Module):
         if cfg.context_embedding_features:
             if context is None:
                 raise UNetInputError("context is required (use null_context() for none)")
-            if context.dim() != 3 or context.shape[0] != b or \
+            if context.dim() != 3 or context.shape[0] % b or \
                     context.shape[2] != cfg.context_embedding_features:
-                raise UNetInputError(f"context must be ({b}, tokens, {cfg.context_embedding_features}), "
-                                     f"got {tuple(context.shape)}")
+                raise UNetInputError(f"context must be ({b}·k, tokens, {cfg.context_embedding_features}) "
+                                     f"(k context groups over the same x), got {tuple(context.shape)}")
             if context_mask is not None and context_mask.shape != context.shape[:2]:
                 raise UNetInputError(f"context_mask must be {tuple(context.shape[:2])}, got "
                                      f"{tuple(context_mask.shape)}")
@@ -360,7 +373,11 @@ class UNet1d(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None,
                 context_mask: Optional[Tensor] = None) -> Tensor:
-        """The v-prediction for latents ``x`` at diffusion time ``t``."""
+        """The v-prediction for latents ``x`` at diffusion time ``t``.
+
+        ``context`` may stack k groups of ``x``'s batch (rows ``[g·B, (g+1)·B)`` are group g): the
+        result is then ``(k·B, …)``, equal to calling with ``x`` repeated k times, but the layers
+        before the first cross-attention run once (classifier-free guidance uses this)."""
         t = self.check_inputs(x, t, context, context_mask)
         if context_mask is not None:
             context_mask = context_mask.to(torch.bool)
@@ -373,5 +390,6 @@ class UNet1d(nn.Module):
         x = self.bottleneck(x, mapping, context, context_mask)
         for up in self.upsamples:
             x = up(x, skips_list.pop(), mapping, context, context_mask)
-        x = x + skips_list.pop()
-        return self.to_out(x, mapping)
+        x = x + to_batch(skips_list.pop(), x.shape[0])
+        out = self.to_out(x, mapping)
+        return out if context is None else to_batch(out, context.shape[0])
