@@ -6,7 +6,8 @@ The same SA1.0-shaped model and weights run through:
   (with its Brownian-tree noise), and descript-audio-codec's ``Decoder`` on the whole window
   (stable-audio-tools decodes unchunked by default, weight norm unfolded);
 * fastaudio: its pipeline (fused kernels, attention dispatcher, CUDA graphs on CUDA, folded weight
-  norm, chunked decoding).
+  norm, chunked decoding, the guided step's context-free prefix run once), in each execution mode
+  asked for (``--execution``; on CPU eager and torch.compile, whose compile time is not timed).
 Both use fastaudio's text conditioning (stable-audio-tools' CLAP conditioner needs laion_clap and
 a checkpoint; text encoding is well under 1 % of the time), so the comparison is U-Net step,
 sampling, decoding and end to end. Ratios are computed from timings of the same run.
@@ -53,7 +54,8 @@ def timed(fn, device):
 
 
 @torch.no_grad()
-def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name: str, repeats: int) -> List[dict]:
+def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name: str, repeats: int,
+          executions: List[str]) -> List[dict]:
     from fastaudio import build_model
     from fastaudio.diffusion.sigmas import polyexponential
     from fastaudio.pipeline import StableAudio
@@ -63,7 +65,8 @@ def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name:
     K = R.kdiffusion()
     model = build_model(preset, seed=0)
     ref_unet, ref_decoder = reference_modules(model, device, dtype)
-    pipe = StableAudio(model, device=device, dtype=dtype)
+    pipes = {e: StableAudio(model, device=device, dtype=dtype, execution=e) for e in executions}
+    pipe = next(iter(pipes.values()))
     cfg, s = pipe.config, pipe.config.sampling
     seconds = min(seconds, cfg.window_seconds)
     frames = cfg.latent_length  # both render the full window, as the paper does
@@ -86,34 +89,38 @@ def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name:
         return ref_decoder(latents.to(dtype))
 
     from fastaudio.diffusion.guidance import GuidedV
-    ours_v = GuidedV(pipe.model.unet, context, mask, cfg_scale, 0.4)
+    ours_v = {e: GuidedV(p.model.unet, context, mask, cfg_scale, 0.4, forward=p._unet_forward())
+              for e, p in pipes.items()}
     x1 = torch.randn(1, cfg.vae.latent_dim, frames, generator=g, device=device)
     t1 = torch.full((1,), 0.5, device=device)
-    rows, times = [], {"reference": {}, "fastaudio": {}}
-    for rep in range(repeats + 1):  # repetition 0 warms both up (compilation, autotune, capture)
+    rows, times = [], {}
+    for rep in range(repeats + 1):  # repetition 0 warms everything up (compilation, autotune, capture)
         r = {}
         _, r["unet_step_reference"] = timed(lambda: ref_v(x1, t1), device)
-        _, r["unet_step_fastaudio"] = timed(lambda: ours_v(x1, t1), device)
         lat, r["sampling_reference"] = timed(ref_sample, device)
         _, r["decode_reference"] = timed(lambda: ref_decode(lat), device)
-        pipe.generate("a benchmark prompt", seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
-                      seed=0)
-        t = pipe.last_timings
-        r["sampling_fastaudio"], r["decode_fastaudio"] = t["sampling"], t["decoding"]
-        r["end_to_end_fastaudio"] = t["total"]
+        for e, p in pipes.items():  # each execution mode against the same reference repetition
+            _, r[f"unet_step_{e}"] = timed(lambda: ours_v[e](x1, t1), device)
+            p.generate("a benchmark prompt", seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
+                       seed=0)
+            t = p.last_timings
+            r[f"sampling_{e}"], r[f"decode_{e}"], r[f"end_to_end_{e}"] = (
+                t["sampling"], t["decoding"], t["total"])
         r["end_to_end_reference"] = r["sampling_reference"] + r["decode_reference"] + t["text_encoding"]
         if rep:
             for k, v in r.items():
                 times.setdefault(k, []).append(v)
-    med = {k: sorted(v)[len(v) // 2] for k, v in times.items() if isinstance(v, list)}
-    for what in ("unet_step", "sampling", "decode", "end_to_end"):
-        ref, ours = med[f"{what}_reference"], med[f"{what}_fastaudio"]
-        row = {"preset": preset, "what": what, "seconds_audio": round(seconds, 2), "frames": frames,
-               "steps": steps, "cfg_scale": cfg_scale, "dtype": dtype_name, "repeats": repeats,
-               "reference_s": round(ref, 4), "fastaudio_s": round(ours, 4),
-               "speedup": round(ref / ours, 3), "execution": pipe.execution}
-        rows.append(row)
-        print(f"{preset} {what:11s} reference {ref:9.3f} s | fastaudio {ours:9.3f} s | {ref / ours:6.2f}x")
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    for e, p in pipes.items():
+        for what in ("unet_step", "sampling", "decode", "end_to_end"):
+            ref, ours = med[f"{what}_reference"], med[f"{what}_{e}"]
+            row = {"preset": preset, "what": what, "seconds_audio": round(seconds, 2), "frames": frames,
+                   "steps": steps, "cfg_scale": cfg_scale, "dtype": dtype_name, "repeats": repeats,
+                   "reference_s": round(ref, 4), "fastaudio_s": round(ours, 4),
+                   "speedup": round(ref / ours, 3), "execution": p.execution}
+            rows.append(row)
+            print(f"{preset} {p.execution:7s} {what:11s} reference {ref:9.3f} s | "
+                  f"fastaudio {ours:9.3f} s | {ref / ours:6.2f}x")
     return rows
 
 
@@ -126,6 +133,9 @@ def main(argv=None) -> List[dict]:
     p.add_argument("--cfg-scale", type=float, default=7.0)
     p.add_argument("--dtype", default="bf16" if cuda else "fp32")
     p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--execution", nargs="+", default=None, choices=["auto", "eager", "graph", "compile"],
+                   help="fastaudio execution modes to time against the same reference run "
+                        "(default: auto, plus compile on CPU, where auto is eager)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     steps = a.steps or (100 if cuda else 50)
@@ -134,7 +144,8 @@ def main(argv=None) -> List[dict]:
         steps = min(steps, 10)
     if not cuda:
         print(f"no CUDA device: CPU figures at the {a.preset!r} preset")
-    rows = bench(a.preset, a.seconds, steps, a.cfg_scale, a.dtype, repeats)
+    executions = a.execution or (["auto"] if cuda or a.quick else ["auto", "compile"])
+    rows = bench(a.preset, a.seconds, steps, a.cfg_scale, a.dtype, repeats, executions)
     save_rows("vs_reference", rows, a.quick)
     return rows
 
