@@ -170,3 +170,23 @@ def test_poisoned_allocation():
     """The safety net the tests rely on: under the interpreter outputs start as NaN."""
     assert sk._POISON
     assert torch.isnan(sk._alloc((3, 5), torch.bfloat16, "cpu")).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 5, 333), (1, 24, 4099)])
+def test_pytorch_path_in_place_inference_matches_reference(shape, dtype):
+    """The CPU path's inference form (ops in place on one temporary) against fp64, and its
+    training form (autograd) on the same inputs; the input is never modified."""
+    from fastaudio.nn.snake import snake_torch
+    x, alpha, dy = make_inputs(shape, dtype, lambda c: (1, c, 1), seed=sum(shape))
+    x_before = x.clone()
+    ref = snake_ref(x.double(), alpha.double())
+    lowp = snake_ref(x, alpha, upcast=False)
+    with torch.no_grad():
+        out = snake_torch(x, alpha)
+    assert torch.equal(x, x_before)
+    assert_3way(out, ref, lowp, dtype, "inference")
+    xg = x.clone().requires_grad_(True)
+    train = snake_torch(xg, alpha)
+    train.backward(dy)
+    assert xg.grad is not None and torch.equal(train.detach(), out)

@@ -214,10 +214,12 @@ class AutoencoderVAE(nn.Module):
 
     # -- decode ---------------------------------------------------------------------------------
     def decode(self, latents: Tensor, chunked: Optional[bool] = None,
-               chunk_frames: Optional[int] = None) -> Tensor:
+               chunk_frames: Optional[int] = None, decoder: Optional[nn.Module] = None) -> Tensor:
         """(B, latent_dim, L) → (B, 2, 1024·L). Chunked when L exceeds ``chunk_frames`` (default:
         the config's; a GPU can afford far larger chunks, which cuts the overlap's recomputation),
-        so memory does not grow with the duration."""
+        so memory does not grow with the duration. ``decoder`` replaces ``self.decoder`` for the
+        call (e.g. its torch.compile'd form)."""
+        run = decoder if decoder is not None else self.decoder
         self.check_latents(latents)
         frames = latents.shape[-1]
         cfg = self.config
@@ -225,10 +227,10 @@ class AutoencoderVAE(nn.Module):
         if chunked is None:
             chunked = frames > chunk
         if not chunked:
-            return self.decoder(latents)
+            return run(latents)
         out = None
         for w0, w1, k0, k1 in _spans(frames, chunk, cfg.overlap_frames):
-            part = self.decoder(latents[..., w0:w1])
+            part = run(latents[..., w0:w1])
             if out is None:
                 out = part.new_empty(part.shape[0], part.shape[1], frames * self.ratio)
             out[..., k0 * self.ratio: k1 * self.ratio] = \

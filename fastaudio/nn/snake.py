@@ -24,7 +24,12 @@ def _triton_reason(x, alpha) -> Optional[str]:
 
 def snake_torch(x: Tensor, alpha: Tensor) -> Tensor:
     alpha = alpha.reshape(1, -1, 1)
-    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+        return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+    # inference: the same ops in place on one temporary instead of four (on a CPU this chain is
+    # memory-bound: ~20 % of the decoder's time at the top stages)
+    y = torch.mul(alpha, x)
+    return y.sin_().square_().mul_((alpha + 1e-9).reciprocal()).add_(x)
 
 
 def snake(x: Tensor, alpha: Tensor) -> Tensor:
