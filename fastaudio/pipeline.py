@@ -239,7 +239,9 @@ class StableAudio:
         if self.execution != "compile":
             return None
         if self._compiled is None:
-            self._compiled = torch.compile(self.model.unet)
+            # static shapes: one specialised graph per latent length (windows are few), never the
+            # slower shape-generic code dynamo switches to after seeing a second length
+            self._compiled = torch.compile(self.model.unet, dynamic=False)
         return self._compiled
 
     def _decoder_forward(self):
