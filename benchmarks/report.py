@@ -94,7 +94,7 @@ def para_decode(rs):
     a, b = rs[0], rs[-1]
     growth = b["decode_s"] / a["decode_s"]
     mem = [r["peak_memory_mb"] for r in rs if r.get("peak_memory_mb") is not None]
-    text = (f"From {a['seconds_audio']:g} s to {b['seconds_audio']:g} s of audio "
+    text = (f"From {a['seconds_audio']:.3g} s to {b['seconds_audio']:.3g} s of audio "
             f"({b['seconds_audio'] / a['seconds_audio']:.3g}× longer) decoding takes {growth:.3g}× the "
             f"time (linear would be {b['seconds_audio'] / a['seconds_audio']:.3g}×), "
             f"{b['decode_rtf']:.3g}× real time at the longest.")
