@@ -3,7 +3,8 @@
 One batched pass over contexts [cond; uncond] (the learned null context, or a negative prompt
 whose padded tokens are replaced by the null context) with x given once, so the U-Net runs its
 context-free prefix (input block, first level, first self-attention) a single time; then
-``uncond + s·(cond − uncond)`` on the v-prediction, optionally rescaled: ``φ·out·std(cond)/std(out) + (1−φ)·out`` (std over channels).
+``uncond + s·(cond − uncond)`` on the v-prediction, optionally rescaled:
+``φ·out·std(cond)/std(out) + (1−φ)·out`` (std over channels).
 Like the reference, both halves use the prompt's context mask. ``scale == 1`` runs the
 conditional model alone.
 """
