@@ -254,3 +254,41 @@ def test_latent_cache_command_feeds_diffusion_training(tmp_path, corpus, tiny_mo
     spec = json.loads((tmp_path / "run" / "run.json").read_text())
     assert spec["train_config"]["diffusion"]["latent_cache"] == str(cache)
     assert len(_losses(tmp_path / "run")) == 2
+
+
+def test_silent_tails_zero_a_suffix_of_a_share_of_the_crops():
+    from fastaudio.train.stage_vae import with_silent_tails
+    from fastaudio.train.trainer import sample_generator
+    audio = torch.randn(200, 2, 301) + 3.0  # never zero by chance
+    gens = lambda: [sample_generator(7, 3, i) for i in range(200)]  # noqa: E731
+    out = with_silent_tails(audio, 0.3, gens())
+    assert torch.equal(out, with_silent_tails(audio, 0.3, gens()))  # same generators, same crops
+    silenced = 0
+    for row in range(200):
+        zero = (out[row] == 0).all(0)
+        if not zero.any():
+            assert torch.equal(out[row], audio[row])
+            continue
+        cut = int(zero.float().argmax())
+        assert zero[cut:].all() and torch.equal(out[row, :, :cut], audio[row, :, :cut])
+        silenced += 1
+    assert 30 <= silenced <= 90, silenced  # binomial(200, 0.3): mean 60, sd 6.5
+    assert with_silent_tails(audio, 0.0, gens()) is audio
+    assert all((row[:, -1] == 0).all() for row in with_silent_tails(audio, 1.0, gens()))
+
+
+def test_decoder_fine_tune_keeps_the_encoder(tmp_path, corpus, tiny_model):
+    """The paper's second VAE stage with silent tails: the decoder moves, the encoder (and so the
+    latent space a diffusion model was trained on) stays bit for bit."""
+    from fastaudio import load_model
+    run = tmp_path / "decoder"
+    _train_in_process("vae", run, str(corpus / "train.jsonl"), tiny_model, 4, batch_size=2,
+                      log_every=1, ema_decay=0.0, optim={"lr": 3e-3, "schedule": "constant"},
+                      vae={"sample_size": 4096, "use_discriminator": False,
+                           "freeze_encoder_after": 0, "silence_tail_prob": 0.5})
+    before, after = load_model(tiny_model).vae, load_model(str(run / "export")).vae
+    for name, p in before.encoder.state_dict().items():
+        assert torch.equal(p, after.encoder.state_dict()[name]), name
+    moved = [n for n, p in before.decoder.state_dict().items()
+             if not torch.equal(p, after.decoder.state_dict()[n])]
+    assert len(moved) > len(before.decoder.state_dict()) // 2, moved

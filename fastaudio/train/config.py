@@ -40,6 +40,10 @@ class VAETrainConfig:
     discriminator_start: int = 0       # steps of spectral-only training before the GAN losses
     discriminator_filters: int = 32
     freeze_encoder_after: int = -1     # the paper's second stage: encoder frozen after N steps
+    # Share of crops whose tail is zeroed from a random point on: the diffusion stage pads every
+    # item with silence after its end, so the decoder must turn those latents into silence too
+    # (crops of music alone never show it digital silence).
+    silence_tail_prob: float = 0.0
     discriminator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=1e-4, betas=[0.8, 0.99], schedule="exponential"))
 
@@ -107,6 +111,7 @@ class TrainConfig:
         need(len(self.diffusion.demo_prompts) == len(self.diffusion.demo_seconds),
              "diffusion.demo_seconds", "needs one duration per demo prompt")
         need(self.vae.sample_size > 0, "vae.sample_size", "must be positive")
+        need(0 <= self.vae.silence_tail_prob <= 1, "vae.silence_tail_prob", "in [0, 1]")
         need(self.data.on_bad in ("skip", "fail"), "data.on_bad", "skip or fail")
         for key, o in (("optim", self.optim), ("vae.discriminator_optim", self.vae.discriminator_optim)):
             need(o.schedule in ("constant", "exponential", "cosine"), f"{key}.schedule",
