@@ -292,3 +292,16 @@ def test_decoder_fine_tune_keeps_the_encoder(tmp_path, corpus, tiny_model):
     moved = [n for n, p in before.decoder.state_dict().items()
              if not torch.equal(p, after.decoder.state_dict()[n])]
     assert len(moved) > len(before.decoder.state_dict()) // 2, moved
+
+
+def test_a_continued_stage_keeps_the_earlier_training_record(tmp_path, corpus, tiny_model):
+    cfg = dict(batch_size=2, log_every=1, ema_decay=0.0, vae={"sample_size": 2048, "use_discriminator": False})
+    _train_in_process("vae", tmp_path / "first", str(corpus / "train.jsonl"), tiny_model, 2, **cfg)
+    first = str(tmp_path / "first" / "export")
+    _train_in_process("vae", tmp_path / "more", str(corpus / "train.jsonl"), first, 1, **cfg)
+    folder = tmp_path / "more" / "export"
+    records = sorted(f for f in os.listdir(folder) if f.startswith("training-"))
+    assert records == ["training-vae-2.json", "training-vae.json"], records
+    earlier, later = (json.loads((folder / f).read_text()) for f in ("training-vae.json", "training-vae-2.json"))
+    assert (earlier["steps"], earlier["init"]) == (2, tiny_model)
+    assert (later["steps"], later["init"]) == (1, first)

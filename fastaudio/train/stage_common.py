@@ -83,5 +83,15 @@ class ModelStage(Stage):
         }
         records.append(record)
         from ..atomic import atomic_write_text
-        atomic_write_text(os.path.join(folder, f"training-{self.name}.json"),
-                          json.dumps(record, indent=2) + "\n")
+        atomic_write_text(os.path.join(folder, self.record_name()), json.dumps(record, indent=2) + "\n")
+
+    def record_name(self) -> str:
+        """``training-<stage>.json``, or for a continuation of a stage already recorded in the
+        init folder ``training-<stage>-2.json``, ``-3`` …: the earlier runs' records are kept.
+        Decided by the init folder alone, so exporting one run twice writes one record."""
+        earlier = os.listdir(self.init) if self.init else []
+        name, k = f"training-{self.name}.json", 1
+        while name in earlier:
+            k += 1
+            name = f"training-{self.name}-{k}.json"
+        return name
