@@ -81,13 +81,16 @@ def _configs(blocks, warps):
 
 # sm80 and sm90 alike: a streaming kernel wants 16-byte accesses (8 bf16 / 4 fp32 per thread)
 # and enough bytes in flight per SM; BLOCK 1024…8192 with 4 or 8 warps spans that.
-@triton.autotune(configs=_configs((1024, 2048, 4096, 8192), (4, 8)), key=["N"])
+# Keyed on N's power-of-two bucket, not N: every clip length gives a new N, and re-running the
+# autotuner (tens of launches) for each would stall generation on the first call at that length.
+@triton.autotune(configs=_configs((1024, 2048, 4096, 8192), (4, 8)), key=["N_LOG2"])
 @triton.jit
 def _snake_fwd_kernel(
     X_ptr,      # (B, C, N) contiguous, fp32/fp16/bf16
     Alpha_ptr,  # (C,) contiguous
     Y_ptr,      # (B, C, N) contiguous out, x.dtype
     C, N,
+    N_LOG2,     # autotune key only: ceil(log2 N)
     PRECISE_SIN: tl.constexpr, ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -108,7 +111,7 @@ def _snake_fwd_kernel(
     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_configs((1024, 2048, 4096), (4, 8)), key=["N"])
+@triton.autotune(configs=_configs((1024, 2048, 4096), (4, 8)), key=["N_LOG2"])
 @triton.jit
 def _snake_bwd_kernel(
     X_ptr,        # (B, C, N) contiguous
@@ -117,6 +120,7 @@ def _snake_bwd_kernel(
     DX_ptr,       # (B, C, N) contiguous out, x.dtype (dummy when not NEED_DX)
     DAlpha_ptr,   # (B·C, n_chunks) fp32 out: this program's share of dL/dα
     C, N, n_chunks,
+    N_LOG2,       # autotune key only: ceil(log2 N)
     NEED_DX: tl.constexpr, PRECISE_SIN: tl.constexpr, ROUND_BF16: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -185,6 +189,10 @@ def _check(x: Tensor, alpha: Tensor, what: str) -> None:
         raise ValueError(f"{what}: {reason}")
 
 
+def _log2_bucket(n: int) -> int:
+    return max(int(n) - 1, 1).bit_length()
+
+
 def snake_forward(x: Tensor, alpha: Tensor) -> Tensor:
     """Run the forward kernel: y in x.dtype."""
     _check(x, alpha, "snake")
@@ -192,7 +200,7 @@ def snake_forward(x: Tensor, alpha: Tensor) -> Tensor:
     B, C, N = x.shape
     y = _alloc((B, C, N), x.dtype, x.device)
     grid = lambda meta: (B * C, triton.cdiv(N, meta["BLOCK"]))  # noqa: E731
-    _snake_fwd_kernel[grid](x, alpha.reshape(C).contiguous(), y, C, N,
+    _snake_fwd_kernel[grid](x, alpha.reshape(C).contiguous(), y, C, N, _log2_bucket(N),
                             PRECISE_SIN=not INTERPRET,
                             ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16)
     return y
@@ -210,7 +218,7 @@ def snake_backward(dy: Tensor, x: Tensor, alpha: Tensor, need_dx: bool = True,
     dx = _alloc((B, C, N), x.dtype, x.device) if need_dx else None
     partial = _alloc((B * C, n_chunks), torch.float32, x.device)
     _snake_bwd_kernel[(B * C, n_chunks)](
-        x, alpha.reshape(C).contiguous(), dy, x if dx is None else dx, partial, C, N, n_chunks,
+        x, alpha.reshape(C).contiguous(), dy, x if dx is None else dx, partial, C, N, n_chunks, _log2_bucket(N),
         NEED_DX=need_dx, PRECISE_SIN=not INTERPRET,
         ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16, CHUNK=_BWD_CHUNK)
     dalpha = None
