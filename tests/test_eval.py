@@ -142,3 +142,13 @@ def test_context_sensitivity_sees_whether_the_unet_uses_its_context():
                 p.zero_()
     dead = context_sensitivity(model, prompts, seconds)
     assert dead == {"prompt": 0.0, "duration": 0.0}, dead
+
+
+def test_timing_seconds_argument(capsys):
+    from fastaudio.cli import main
+    from fastaudio.eval.cli import _seconds_list
+    assert _seconds_list("4,6.5,11") == (4.0, 6.5, 11.0)
+    for bad in ("4,x", "0,5", "-3", "nan", "inf,2"):
+        code = main(["eval", "--heldout", "h.jsonl", "--train", "t.jsonl", "--out", "o",
+                     "--timing-seconds", bad])
+        assert code != 0 and "timing-seconds" in capsys.readouterr().err, bad

@@ -19,6 +19,8 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--steps", type=int)
     e.add_argument("--cfg-scale", type=float)
     e.add_argument("--timing-prompts", type=int, default=8)
+    e.add_argument("--timing-seconds", type=_seconds_list, default=(3.0, 5.0, 8.0, 11.0),
+                   help="comma-separated durations for the timing table (default 3,5,8,11)")
     e.add_argument("--baseline-random", action="store_true",
                    help="also evaluate the same architecture with random weights")
     e.add_argument("--embedder", action="append", default=[], choices=["openl3"],
@@ -26,6 +28,17 @@ def add_eval_parser(sub) -> None:
                    "log-mel statistics are always used")
     e.add_argument("--device")
     e.set_defaults(handler=run_eval)
+
+
+def _seconds_list(text: str):
+    import argparse
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated seconds, got {text!r}") from None
+    if not values or any(not (v > 0) or v != v or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"durations must be positive and finite, got {text!r}")
+    return values
 
 
 def _default(o):
@@ -57,7 +70,8 @@ def run_eval(args) -> int:
     from .embedders import get_embedder
     extra = [get_embedder(name, sample_rate=pipe.sample_rate) for name in args.embedder]
     kw = dict(steps=args.steps, cfg_scale=args.cfg_scale, items=args.items,
-              timing_prompts=args.timing_prompts, extra_embedders=extra)
+              timing_prompts=args.timing_prompts, timing_seconds=args.timing_seconds,
+              extra_embedders=extra)
     named["trained"] = evaluate(pipe, heldout, refs, os.path.join(args.out, "trained"), **kw)
     if args.baseline_random:
         rnd = StableAudio(build_model(pipe.config, seed=1), device=args.device, dtype="fp32")
