@@ -118,6 +118,7 @@ def test_evaluate_end_to_end_on_the_tiny_preset(tmp_path):
                    timing_seconds=(1.0,), timing_prompts=1, vae_items=1)
     for key in ("fd_clap", "fd_mel", "clap_score", "kl_family", "vae_si_sdr_db", "vae_mrstft"):
         assert math.isfinite(res[key]), key
+    assert res["vae_end_error_s"] is None  # a 1.4 s clip in the tiny preset's 1.49 s window: no tail
     assert res["follow_real"]["key_ok"] == 1.0  # the measures work on the real audio
     assert len(res["timing"]) == 1 and res["timing"][0]["n"] == 1
     assert "| FD (CLAP embeddings)" in format_markdown({"tiny": res}) and format_timing({"tiny": res})
@@ -152,3 +153,29 @@ def test_timing_seconds_argument(capsys):
         code = main(["eval", "--heldout", "h.jsonl", "--train", "t.jsonl", "--out", "o",
                      "--timing-seconds", bad])
         assert code != 0 and "timing-seconds" in capsys.readouterr().err, bad
+
+
+class _StubVAE:
+    """encode = identity; decode adds a constant hum (``floor``) - the failure the shipped VAE had."""
+    def __init__(self, floor):
+        self.floor = floor
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        t = torch.arange(z.shape[-1], dtype=z.dtype)
+        return z + self.floor * torch.sin(2 * math.pi * 220 * t / SR)
+
+
+def test_vae_bounds_find_a_decoder_that_fills_silence():
+    from fastaudio.eval.run import vae_bounds
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    clips = [0.5 * torch.randn(2, int(SR * s), generator=g) for s in (0.8, 1.7, 2.6)]  # in a 4 s window
+    clean, hum = vae_bounds(_StubVAE(0.0), clips, SR, 4.0), vae_bounds(_StubVAE(0.05), clips, SR, 4.0)
+    assert clean["vae_end_error_s"] < 0.06 and clean["vae_end_within_1s"] == 1.0, clean
+    assert clean["vae_mrstft"] < 1e-3 and clean["vae_si_sdr_db"] > 60, clean
+    # a hum 20 dB under the music: the -40 dB detector hears sound to the window's end
+    assert hum["vae_end_error_s"] > 1.3 and hum["vae_end_within_1s"] < 0.5, hum
+    long_clip = vae_bounds(_StubVAE(0.0), [0.5 * torch.randn(2, int(SR * 3.5), generator=g)], SR, 4.0)
+    assert long_clip["vae_end_error_s"] is None  # no room for a silent tail: not counted

@@ -120,6 +120,27 @@ def summarise(rows: List[Dict]) -> Dict[str, Optional[float]]:
                                          "tempo_class_ok", "key_ok", "mode_ok")}
 
 
+def vae_bounds(vae, clips: Sequence[torch.Tensor], sample_rate: int, window: float,
+               device=None, dtype=None) -> Dict[str, Optional[float]]:
+    """The VAE's bounds on real clips (each (2, n) and at most the window long): reconstruction
+    (SI-SDR, MR-STFT over the clip), and, for clips that end at least 1 s before the window's end,
+    padded with silence as training pads them, how far the detected end moves in the round trip -
+    the timing table cannot be better than this."""
+    sdr, dist, end_err = [], [], []
+    n_window = int(window * sample_rate)
+    with torch.no_grad():
+        for ref in clips:
+            padded = torch.nn.functional.pad(ref, (0, n_window - ref.shape[-1]))
+            rec = vae.decode(vae.encode(padded[None].to(device, dtype)))[0, :, :n_window].float().cpu()
+            sdr.append(float(si_sdr(rec[:, : ref.shape[-1]], ref)))
+            dist.append(mrstft_distance(rec[:, : ref.shape[-1]], ref))
+            if ref.shape[-1] <= n_window - sample_rate:
+                end_err.append(abs(detect_end(rec, sample_rate) - detect_end(padded, sample_rate)))
+    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    return {"vae_si_sdr_db": mean(sdr), "vae_mrstft": mean(dist), "vae_end_error_s": mean(end_err),
+            "vae_end_within_1s": mean([e <= 1.0 for e in end_err])}
+
+
 def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Optional[str] = None,
              steps: Optional[int] = None, cfg_scale: Optional[float] = None, items: int = 100,
              timing_seconds: Sequence[float] = (3.0, 5.0, 8.0, 11.0), timing_prompts: int = 8,
@@ -179,18 +200,8 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
             requested.append(s)
             detected.append(detect_end(audio, sr))
     results["timing"] = timing_table(requested, detected)
-    # the VAE's reconstruction bound on real clips
-    sdr, dist = [], []
-    vae = pipe.model.vae
-    with torch.no_grad():
-        for it in chosen[:vae_items]:
-            ref = load_clip(it, sr, window)
-            rec = vae.decode(vae.encode(ref[None].to(pipe.device, pipe.dtype)))[0, :, : ref.shape[-1]]
-            rec = rec.float().cpu()
-            sdr.append(float(si_sdr(rec, ref)))
-            dist.append(mrstft_distance(rec, ref))
-    results["vae_si_sdr_db"] = float(np.mean(sdr)) if sdr else None
-    results["vae_mrstft"] = float(np.mean(dist)) if dist else None
+    results.update(vae_bounds(pipe.model.vae, [load_clip(it, sr, window) for it in chosen[:vae_items]],
+                              sr, window, pipe.device, pipe.dtype))
     return results
 
 
@@ -219,8 +230,11 @@ def format_markdown(named: Dict[str, Dict]) -> str:
                        ("duration", "U-Net output change between durations ↑")):
         lines.append(f"| {title} | " + " | ".join(f(named[n].get("context_sensitivity", {}).get(key), True)
                                                   for n in names) + " | – | – |")
-    for key, title in (("vae_si_sdr_db", "VAE reconstruction SI-SDR (dB) ↑"), ("vae_mrstft", "VAE reconstruction MR-STFT ↓")):
+    for key, title in (("vae_si_sdr_db", "VAE reconstruction SI-SDR (dB) ↑"), ("vae_mrstft", "VAE reconstruction MR-STFT ↓"),
+                       ("vae_end_error_s", "VAE round trip: error of the detected end (s) ↓")):
         lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + " | – | – |")
+    lines.append("| VAE round trip: end found within 1 s ↑ | " + " | ".join(
+        f(named[n].get("vae_end_within_1s"), True) for n in names) + " | – | – |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,4 +251,4 @@ def format_timing(named: Dict[str, Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["References", "evaluate", "format_markdown", "format_timing"]
+__all__ = ["References", "evaluate", "vae_bounds", "format_markdown", "format_timing"]
