@@ -228,8 +228,10 @@ def format_markdown(named: Dict[str, Dict]) -> str:
                      + f" | {f(first['follow_real'].get(key), True)} | {f(first['chance'].get(key), True)} |")
     for key, title in (("prompt", "U-Net output change between prompts ↑"),
                        ("duration", "U-Net output change between durations ↑")):
-        lines.append(f"| {title} | " + " | ".join(f(named[n].get("context_sensitivity", {}).get(key), True)
-                                                  for n in names) + " | – | – |")
+        # two significant digits: these changes are fractions of a percent
+        cells = [named[n].get("context_sensitivity", {}).get(key) for n in names]
+        lines.append(f"| {title} | " + " | ".join("–" if c is None else f"{100 * c:.2g} %" for c in cells)
+                     + " | – | – |")
     for key, title in (("vae_si_sdr_db", "VAE reconstruction SI-SDR (dB) ↑"), ("vae_mrstft", "VAE reconstruction MR-STFT ↓"),
                        ("vae_end_error_s", "VAE round trip: error of the detected end (s) ↓")):
         lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + " | – | – |")
