@@ -179,3 +179,15 @@ def test_vae_bounds_find_a_decoder_that_fills_silence():
     assert hum["vae_end_error_s"] > 1.3 and hum["vae_end_within_1s"] < 0.5, hum
     long_clip = vae_bounds(_StubVAE(0.0), [0.5 * torch.randn(2, int(SR * 3.5), generator=g)], SR, 4.0)
     assert long_clip["vae_end_error_s"] is None  # no room for a silent tail: not counted
+
+
+def test_timing_seconds_past_the_window_are_refused(tmp_path, capsys):
+    from fastaudio import build_model, save_model
+    from fastaudio.cli import main
+    folder = tmp_path / "tiny"
+    save_model(build_model("tiny", seed=0), str(folder))  # a 1.49 s window
+    code = main(["eval", "--model", str(folder), "--heldout", "h.jsonl", "--train", "t.jsonl",
+                 "--out", str(tmp_path / "out"), "--timing-seconds", "1,4"])
+    err = capsys.readouterr().err
+    assert code != 0 and "[4.0]" in err and "window" in err, err
+    assert not (tmp_path / "out").exists()

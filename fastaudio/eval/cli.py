@@ -61,9 +61,12 @@ def run_eval(args) -> int:
     path = args.model or default_model_path()
     if path is None:
         raise CLIError("no model to evaluate: pass --model (no default model ships in this build)")
-    os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(0)
     pipe = StableAudio.from_pretrained(path, device=args.device, dtype="fp32")
+    too_long = [s for s in args.timing_seconds if s > pipe.config.window_seconds]
+    if too_long:  # evaluate() would skip them; say so instead of printing a shorter table
+        raise CLIError(f"--timing-seconds {too_long} exceed the model's {pipe.config.window_seconds:.2f} s window")
+    os.makedirs(args.out, exist_ok=True)
     heldout, train = read_manifest(args.heldout), read_manifest(args.train)
     refs = References.fit(train, pipe.model.conditioner.clap, pipe.sample_rate)
     named = {}

@@ -8,7 +8,7 @@ and even steps; updating both every step uses each forward pass twice as well.) 
 stage freezes the encoder and keeps training the decoder: ``vae.freeze_encoder_after``.
 ``vae.silence_tail_prob`` ends a share of the crops in digital silence, as every padded item the
 diffusion stage learns from ends: without it the decoder never sees silence and renders the
-latents of silence as a steady noise (the shipped small VAE did, ~18 dB below the music).
+latents of silence as a steady noise (the first shipped small VAE did, ~18 dB below the music).
 """
 from __future__ import annotations
 
