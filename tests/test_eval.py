@@ -191,3 +191,7 @@ def test_timing_seconds_past_the_window_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code != 0 and "[4.0]" in err and "window" in err, err
     assert not (tmp_path / "out").exists()
+    from fastaudio.eval.run import EvalError, check_timing_seconds
+    check_timing_seconds((1.0, 1.4), 1.49)  # the API refuses too, instead of skipping the row
+    with pytest.raises(EvalError, match=r"\[4\.0\]"):
+        check_timing_seconds((1.0, 4.0), 1.49)

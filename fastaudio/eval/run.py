@@ -22,6 +22,7 @@ import torch
 
 from ..audio import write_audio
 from ..data.manifest import AudioItem
+from ..errors import FastAudioError
 from .attributes import (FamilyClassifier, KeyTemplates, chroma, estimate_tempo, family_label,
                          parse_key, tempo_class, tempo_correct, timbre_features)
 from .embedders import CLAPEmbedder, MelEmbedder
@@ -120,6 +121,18 @@ def summarise(rows: List[Dict]) -> Dict[str, Optional[float]]:
                                          "tempo_class_ok", "key_ok", "mode_ok")}
 
 
+class EvalError(FastAudioError, ValueError):
+    """Evaluation settings that cannot be honoured; the message says which."""
+
+
+def check_timing_seconds(seconds: Sequence[float], window: float) -> None:
+    """A duration past the window cannot be rendered in one pass: refuse it rather than print a
+    shorter timing table."""
+    too_long = [s for s in seconds if s > window]
+    if too_long:
+        raise EvalError(f"timing durations {too_long} exceed the model's {window:.2f} s window")
+
+
 def vae_bounds(vae, clips: Sequence[torch.Tensor], sample_rate: int, window: float,
                device=None, dtype=None) -> Dict[str, Optional[float]]:
     """The VAE's bounds on real clips (each (2, n) and at most the window long): reconstruction
@@ -147,6 +160,7 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
              seed: int = 0, vae_items: int = 20, extra_embedders: Sequence = ()) -> Dict:
     sr = pipe.sample_rate
     window = pipe.config.window_seconds
+    check_timing_seconds(timing_seconds, window)
     chosen = [it for it in heldout if it.labels][:items]
     if out_dir:
         os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
@@ -166,7 +180,7 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
         rows_real.append(attribute_scores(ref, it, refs, sr))
         log.info("eval %d/%d: %s", k + 1, len(chosen), prompt)
     results: Dict = {"items": len(chosen), "model": pipe.config.name}
-    probe_seconds = [s for s in timing_seconds if s <= window] or [window]
+    probe_seconds = list(timing_seconds) or [window]
     results["context_sensitivity"] = context_sensitivity(pipe.model, prompts[:4] or [""], probe_seconds, seed)
     clap_emb, mel_emb = CLAPEmbedder(refs.clap), MelEmbedder(sr)
     pad = lambda xs: torch.stack([torch.nn.functional.pad(x, (0, int(window * sr) - x.shape[-1]))
@@ -192,8 +206,6 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
     requested, detected = [], []
     music = [it for it in chosen if it.labels.get("kind") == "music"][:timing_prompts]
     for s in timing_seconds:
-        if s > window:
-            continue
         for k, it in enumerate(music):
             audio = pipe.generate(it.caption or "", seconds_total=s, steps=steps, cfg_scale=cfg_scale,
                                   seed=seed + 1000 + k, trim=False)[0].cpu()
@@ -253,4 +265,4 @@ def format_timing(named: Dict[str, Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["References", "evaluate", "vae_bounds", "format_markdown", "format_timing"]
+__all__ = ["EvalError", "References", "check_timing_seconds", "evaluate", "vae_bounds", "format_markdown", "format_timing"]
