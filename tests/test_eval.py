@@ -156,7 +156,7 @@ def test_timing_seconds_argument(capsys):
 
 
 class _StubVAE:
-    """encode = identity; decode adds a constant hum (``floor``) - the failure the shipped VAE had."""
+    """encode = identity; decode adds a constant hum (``floor``) - the failure the first shipped VAE had."""
     def __init__(self, floor):
         self.floor = floor
 
