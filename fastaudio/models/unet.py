@@ -308,6 +308,9 @@ class UNet1d(nn.Module):
                                             nn.Linear(mapping, mapping), nn.GELU())
             self.to_time = nn.Sequential(
                 nn.Sequential(LearnedPositionalEmbedding(ch), nn.Linear(ch + 1, mapping)), nn.GELU())
+        if cfg.use_pooled_context:
+            self.to_pooled_context = nn.Sequential(
+                nn.Linear(cfg.context_embedding_features, mapping), nn.GELU())
         self.to_in = Patcher(cfg.in_channels, ch * mult[0], mapping)
         self.downsamples = nn.ModuleList(
             DownsampleBlock1d(ch * mult[i], ch * mult[i + 1], cfg.factors[i],
@@ -333,12 +336,33 @@ class UNet1d(nn.Module):
         for p in self.parameters():
             p.mul_(factor)
 
-    def time_mapping(self, t: Tensor) -> Tensor:
+    def time_mapping(self, t: Tensor, pooled_context: Optional[Tensor] = None) -> Tensor:
         """The FiLM mapping of t: Fourier features and their projection in fp32 (t precision
-        matters, the cost is a (B, 257) matmul), the MLP in the model's dtype."""
+        matters, the cost is a (B, 257) matmul), the MLP in the model's dtype. With
+        ``use_pooled_context`` the projected mean context is added before the MLP."""
         features, project = self.to_time[0]
         h = F.gelu(F.linear(features(t), project.weight.float(), project.bias.float()))
-        return self.to_mapping(h.to(self.to_mapping[0].weight.dtype))
+        h = h.to(self.to_mapping[0].weight.dtype)
+        if pooled_context is not None:
+            pooled = self.to_pooled_context(pooled_context.to(h.dtype))
+            h = to_batch(h, pooled.shape[0]) + pooled
+        return self.to_mapping(h)
+
+    @torch.no_grad()
+    def zero_pooled_context(self) -> None:
+        """Start the pooled-context path at zero (GELU(0) = 0), so that a model trained without
+        it gives the same output until fine-tuning teaches the path something."""
+        nn.init.zeros_(self.to_pooled_context[0].weight)
+        nn.init.zeros_(self.to_pooled_context[0].bias)
+
+    @staticmethod
+    def pool_context(context: Tensor, context_mask: Optional[Tensor]) -> Tensor:
+        """Mean over the tokens the mask keeps (all tokens without a mask), in fp32."""
+        ctx = context.float()
+        if context_mask is None:
+            return ctx.mean(1)
+        keep = context_mask.to(ctx.dtype).unsqueeze(-1)
+        return (ctx * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
     def null_context(self, batch: int, length: int) -> Tensor:
         return self.fixed_embedding(batch, length)
@@ -381,7 +405,12 @@ class UNet1d(nn.Module):
         t = self.check_inputs(x, t, context, context_mask)
         if context_mask is not None:
             context_mask = context_mask.to(torch.bool)
-        mapping = self.time_mapping(t) if self.config.use_context_time else None
+        pooled = None
+        if self.config.use_pooled_context:
+            pooled = self.pool_context(context, context_mask)
+            # the mapping now differs per context group: everything runs on the wide batch
+            x = to_batch(x, context.shape[0])
+        mapping = self.time_mapping(t, pooled) if self.config.use_context_time else None
         x = self.to_in(x, mapping)
         skips_list: List = [x]
         for down in self.downsamples:

@@ -29,6 +29,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--config", help="training config JSON (overrides the stage defaults)")
     t.add_argument("--init", help="model folder to start from (earlier stages' export)")
     t.add_argument("--preset", help="start from a preset's fresh weights (default: small)")
+    t.add_argument("--add-pooled-context", action="store_true",
+                   help="give the --init model's U-Net the pooled-context FiLM path "
+                        "(unet.use_pooled_context), starting at zero")
     t.add_argument("--resume", action="store_true", help="continue the run folder's newest checkpoint")
     t.add_argument("--steps", type=int, help="total steps (overrides the config)")
     t.add_argument("--batch-size", type=int, help="global batch size (overrides the config)")
@@ -96,7 +99,8 @@ def _run_spec(args) -> dict:
         raise TrainCLIError(f"--data {args.data} does not exist")
     spec = {"stage": args.stage, "data": os.path.abspath(args.data),
             "init": os.path.abspath(args.init) if args.init else None, "preset": args.preset,
-            "config": os.path.abspath(args.config) if args.config else None}
+            "config": os.path.abspath(args.config) if args.config else None,
+            "add_pooled_context": bool(args.add_pooled_context)}
     return spec
 
 
@@ -150,7 +154,8 @@ def run_train(args: argparse.Namespace) -> int:
     dist = D.init_distributed(args.device)
     ok = False
     try:
-        model = model_from_args(spec["init"], spec["preset"], seed=0)
+        model = model_from_args(spec["init"], spec["preset"], seed=0,
+                                add_pooled_context=spec.get("add_pooled_context", False))
         cfg = _train_config(spec, args, model.config)
         if dist.is_main:
             os.makedirs(args.out, exist_ok=True)

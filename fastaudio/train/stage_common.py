@@ -1,6 +1,7 @@
 """What the three stages share: the model they train, the audited dataset, export."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -18,13 +19,36 @@ from .trainer import Stage, TrainingError
 log = logging.getLogger("fastaudio.train")
 
 
-def model_from_args(init: Optional[str], preset: Optional[str], seed: int) -> StableAudioModel:
-    """The model a run starts from: a model folder (``--init``) or a preset's fresh weights."""
+def model_from_args(init: Optional[str], preset: Optional[str], seed: int,
+                    add_pooled_context: bool = False) -> StableAudioModel:
+    """The model a run starts from: a model folder (``--init``) or a preset's fresh weights;
+    ``add_pooled_context`` gives an ``--init`` model the U-Net's pooled-context path."""
     if init and preset:
         raise TrainingError("give --init MODEL or --preset NAME, not both")
+    if add_pooled_context and not init:
+        raise TrainingError("--add-pooled-context needs --init MODEL (a preset chooses its own "
+                            "unet.use_pooled_context)")
     if init:
-        return load_model(init)
+        model = load_model(init)
+        return with_pooled_context(model) if add_pooled_context else model
     return build_model(preset or "small", seed=seed)
+
+
+def with_pooled_context(model: StableAudioModel) -> StableAudioModel:
+    """The same model with ``unet.use_pooled_context`` switched on; the new layer starts at zero,
+    so outputs are unchanged until training teaches it (fine-tuning a model trained without it)."""
+    if model.config.unet.use_pooled_context:
+        raise TrainingError("--add-pooled-context: the --init model already has a pooled context")
+    cfg = copy.deepcopy(model.config)
+    cfg.unet.use_pooled_context = True
+    new = StableAudioModel(cfg.validate())
+    new.conditioner.clap.tokenizer = model.conditioner.clap.tokenizer
+    new.conditioner.text_encoder_missing = model.conditioner.text_encoder_missing
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("unet.to_pooled_context.") for k in missing):
+        raise TrainingError(f"--add-pooled-context: unexpected weights {unexpected} / missing {missing}")
+    new.unet.zero_pooled_context()
+    return new.to(next(model.parameters()).dtype).eval()
 
 
 def audited_items(data: str, sample_rate: int, min_seconds: float, on_bad: str, convert: bool,
