@@ -114,6 +114,7 @@ class StableAudio:
         self._compiled = self._compiled_decoder = None
         self.last_timings: dict = {}
         self.last_seed: Optional[int] = None
+        self.last_latents: Optional[torch.Tensor] = None  # the last call's latents (whole window)
 
     def _place(self) -> None:
         m = self.model
@@ -219,6 +220,7 @@ class StableAudio:
             audio = self.model.vae.decode(latents.to(self.dtype), chunk_frames=self.decode_chunk_frames,
                                           decoder=self._decoder_forward())
         n = int(round(seconds_total * cfg.sample_rate))
+        self.last_latents = latents.detach()  # the whole window, before decoding
         self.last_timings = dict(timer.seconds, total=timer.total)
         self.last_seed = int(seed)
         return (audio[..., :n] if trim else audio).float()

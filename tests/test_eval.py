@@ -87,6 +87,23 @@ def test_key_templates_fitted_on_examples_recover_the_key():
         assert parse_key(tpl.predict(chroma(_chord_audio(pc, m), SR))) == (pc, m)
 
 
+def test_latent_features_use_only_the_clip_frames():
+    """Frames past the clip (the padded tail) do not change the features; frames inside do, and
+    the statistics equal a direct computation."""
+    from fastaudio.eval.attributes import latent_features
+    z = torch.randn(1, 3, 20, dtype=torch.float64)
+    f = latent_features(z, 7)
+    tail = z.clone()
+    tail[..., 7:] = 100.0
+    assert np.allclose(latent_features(tail, 7), f)
+    head = z.clone()
+    head[..., 2] += 1.0
+    assert not np.allclose(latent_features(head, 7), f)
+    zz = z[0, :, :7]
+    want = torch.cat([zz.mean(1), zz.std(1, unbiased=False), (zz[:, 1:] - zz[:, :-1]).abs().mean(1)])
+    assert np.allclose(f, want.numpy())
+
+
 def test_family_classifier_separates_separable_data():
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(0, 1, (30, 5)), rng.normal(4, 1, (30, 5))])
@@ -113,15 +130,29 @@ def test_evaluate_end_to_end_on_the_tiny_preset(tmp_path):
                                 "tempo_class": "slow" if bpm < 85 else "medium" if bpm <= 120 else "fast",
                                 "duration": 1.4}))
     pipe = StableAudio(build_model("tiny", seed=0), device="cpu", dtype="fp32")
-    refs = References.fit(items, pipe.model.conditioner.clap, SR)
+    refs = References.fit(items, pipe.model.conditioner.clap, SR, vae=pipe.model.vae,
+                          window=pipe.config.window_seconds)
+    assert refs.latent_family is not None and refs.latent_vae is pipe.model.vae
     res = evaluate(pipe, items[:2], refs, str(tmp_path / "out"), steps=2, items=2,
                    timing_seconds=(1.0,), timing_prompts=1, vae_items=1)
-    for key in ("fd_clap", "fd_mel", "clap_score", "kl_family", "vae_si_sdr_db", "vae_mrstft"):
+    for key in ("fd_clap", "fd_mel", "clap_score", "kl_family", "vae_si_sdr_db", "vae_mrstft",
+                "fd_clap_vae", "fd_mel_vae", "clap_score_vae"):
         assert math.isfinite(res[key]), key
+    for rates in (res["follow"], res["follow_vae"]):
+        assert rates["family_latent_ok"] is not None and rates["family_ok"] is not None
+    # another model's latents live in another space: the latent measure does not apply to it
+    other = StableAudio(build_model("tiny", seed=1), device="cpu", dtype="fp32")
+    res_other = evaluate(other, items[:2], refs, None, steps=1, items=2, timing_seconds=(1.0,),
+                         timing_prompts=1, vae_items=1, round_trips=False)
+    assert res_other["follow"]["family_latent_ok"] is None and "follow_vae" not in res_other
     assert res["vae_end_error_s"] is None  # a 1.4 s clip in the tiny preset's 1.49 s window: no tail
     assert res["follow_real"]["key_ok"] == 1.0  # the measures work on the real audio
     assert len(res["timing"]) == 1 and res["timing"][0]["n"] == 1
-    assert "| FD (CLAP embeddings)" in format_markdown({"tiny": res}) and format_timing({"tiny": res})
+    table = format_markdown({"tiny": res, "other": res_other})
+    assert "| FD (CLAP embeddings)" in table and "real audio through the VAE" in table
+    assert "read off the latents" in table and format_timing({"tiny": res})
+    widths = {line.count("|") for line in table.splitlines()}
+    assert widths == {7}, widths  # measure, 2 models, real, via VAE, chance
 
 
 def test_context_sensitivity_sees_whether_the_unet_uses_its_context():

@@ -305,3 +305,33 @@ def test_a_continued_stage_keeps_the_earlier_training_record(tmp_path, corpus, t
     earlier, later = (json.loads((folder / f).read_text()) for f in ("training-vae.json", "training-vae-2.json"))
     assert (earlier["steps"], earlier["init"]) == (2, tiny_model)
     assert (later["steps"], later["init"]) == (1, first)
+
+
+def test_add_pooled_context_fine_tunes_an_older_model(tmp_path, corpus, tiny_model):
+    """--add-pooled-context: the run starts from the --init model's outputs exactly (the new
+    layer is zero), trains the new layer, exports a model whose config has the path, and a
+    resume rebuilds the same architecture."""
+    from fastaudio import load_model
+    from fastaudio.train.stage_common import model_from_args
+    from fastaudio.train.trainer import TrainingError
+    old = load_model(tiny_model)
+    new = model_from_args(tiny_model, None, 0, add_pooled_context=True)
+    assert new.config.unet.use_pooled_context and not old.config.unet.use_pooled_context
+    x, t = torch.randn(2, 8, 16), torch.rand(2)
+    ctx, mask = old.conditioner(["a horn", "a slow bell"], 0, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(new.unet(x, t, ctx, mask), old.unet(x, t, ctx, mask))
+    with pytest.raises(TrainingError, match="needs --init"):
+        model_from_args(None, "tiny", 0, add_pooled_context=True)
+    run = tmp_path / "run"
+    cfg = _config(tmp_path, **DIFFUSION_CFG)
+    args = ["train", "diffusion", "--init", tiny_model, "--add-pooled-context", "--data",
+            str(corpus / "train.jsonl"), "--out", str(run), "--config", cfg, "--no-progress"]
+    assert main(args + ["--steps", "2"]) == 0
+    assert json.loads((run / "run.json").read_text())["add_pooled_context"] is True
+    assert main(["train", "diffusion", "--out", str(run), "--resume", "--steps", "3", "--no-progress"]) == 0
+    exported = load_model(str(run / "export"))
+    assert exported.config.unet.use_pooled_context
+    assert exported.unet.to_features[0].weight.abs().max() > 0  # the new layer learned
+    with pytest.raises(TrainingError, match="already has"):
+        model_from_args(str(run / "export"), None, 0, add_pooled_context=True)

@@ -21,13 +21,38 @@ CONFIGS = {
         attentions=[1, 1, 1], attention_heads=4, attention_multiplier=3, resnet_groups=4,
         kernel_multiplier_downsample=4, context_embedding_features=40,
         context_embedding_max_length=9),
+    # not SA1.0: the masked mean of the context also feeds the FiLM mapping (the small preset);
+    # the reference's own `context_features` path with that mean as `features` is the reference
+    "pooled-context": dataclasses.replace(preset("tiny").unet, use_pooled_context=True),
 }
+
+
+def _features(cfg: UNetConfig, ctx, mask):
+    """The masked mean of the context, computed independently (float64), or None."""
+    if not cfg.use_pooled_context:
+        return None
+    c = ctx.double()
+    if mask is None:
+        return c.mean(1).float()
+    m = mask.double()[..., None]
+    return ((c * m).sum(1) / m.sum(1)).float()
+
+
+def _ref_call(ref, cfg, x, t, ctx, mask=None):
+    kw = {} if mask is None else {"embedding_mask": mask}
+    feats = _features(cfg, ctx, mask)
+    if feats is not None:
+        kw["features"] = feats
+    return ref(x, t, embedding=ctx, **kw)
 
 
 def _pair(cfg: UNetConfig):
     adp = R.adp()
     torch.manual_seed(0)
-    ref = adp.UNetCFG1d(**dataclasses.asdict(cfg)).eval()
+    kw = dataclasses.asdict(cfg)
+    if kw.pop("use_pooled_context"):
+        kw["context_features"] = cfg.context_embedding_features
+    ref = adp.UNetCFG1d(**kw).eval()
     with torch.no_grad():  # move every parameter away from its init (LayerNorm, GN affine …)
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -51,9 +76,9 @@ def test_matches_reference_unet(name):
     mask = torch.ones(b, n_ctx, dtype=torch.bool)
     mask[0, n_ctx // 3: n_ctx - 2] = False  # ragged prompt mask; timing tokens kept
     with torch.no_grad():
-        want = ref(x, t, embedding=ctx, embedding_mask=mask)
+        want = _ref_call(ref, cfg, x, t, ctx, mask)
         got = ours(x, t, ctx, mask)
-        want_nomask = ref(x, t, embedding=ctx)
+        want_nomask = _ref_call(ref, cfg, x, t, ctx)
         got_nomask = ours(x, t, ctx)
     scale = want.abs().max()
     assert (got - want).abs().max() <= 1e-5 * scale
@@ -75,7 +100,7 @@ def test_shared_x_over_context_groups_equals_repeating_x(name, b, groups):
     mask = torch.rand(b * groups, n_ctx) > 0.3
     mask[:, -2:] = True
     with torch.no_grad():
-        want = ref(x.repeat(groups, 1, 1), t.repeat(groups), embedding=ctx, embedding_mask=mask)
+        want = _ref_call(ref, cfg, x.repeat(groups, 1, 1), t.repeat(groups), ctx, mask)
         got = ours(x, t, ctx, mask)
     assert got.shape == want.shape == (b * groups, cfg.in_channels, length)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
@@ -116,3 +141,37 @@ def test_bad_inputs_are_named():
         unet(torch.randn(2, cfg.in_channels, 32), torch.rand(2), unet.null_context(3, 79))
     with pytest.raises(UNetInputError, match="context is required"):
         unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), None)
+
+
+def test_pooled_context_starts_at_zero_and_ignores_masked_tokens():
+    """zero_pooled_context() makes the pooled-context U-Net equal the same weights without the
+    path (what fine-tuning an older model starts from); masked tokens never reach the mapping."""
+    cfg = CONFIGS["pooled-context"]
+    torch.manual_seed(1)
+    pooled = UNet1d(cfg).eval()
+    plain = UNet1d(dataclasses.replace(cfg, use_pooled_context=False)).eval()
+    missing, unexpected = plain.load_state_dict(pooled.state_dict(), strict=False)
+    assert not missing and sorted(unexpected) == ["to_features.0.bias", "to_features.0.weight"]
+    x, t = torch.randn(2, cfg.in_channels, 32), torch.rand(2)
+    ctx = torch.randn(2, 79, cfg.context_embedding_features)
+    mask = torch.rand(2, 79) > 0.4
+    mask[:, -2:] = True
+    with torch.no_grad():
+        live = pooled(x, t, ctx, mask)
+        assert (live - plain(x, t, ctx, mask)).abs().max() > 1e-4 * live.abs().max()
+        pooled.zero_pooled_context()
+        torch.testing.assert_close(pooled(x, t, ctx, mask), plain(x, t, ctx, mask))
+        pooled.load_state_dict({**pooled.state_dict(), "to_features.0.weight": torch.randn_like(
+            pooled.to_features[0].weight)})
+        changed = ctx.clone()
+        changed[~mask] = 50.0
+        unmasked_only = pooled(x, t, ctx, mask)
+        torch.testing.assert_close(pooled(x, t, changed, mask), unmasked_only)
+
+
+def test_pooled_context_needs_a_time_mapping():
+    from fastaudio.config import ConfigError
+    cfg = preset("tiny")
+    cfg.unet.use_pooled_context, cfg.unet.use_context_time = True, False
+    with pytest.raises(ConfigError, match="use_pooled_context"):
+        cfg.validate()

@@ -67,7 +67,8 @@ def run_eval(args) -> int:
     check_timing_seconds(args.timing_seconds, pipe.config.window_seconds)  # before minutes of work
     os.makedirs(args.out, exist_ok=True)
     heldout, train = read_manifest(args.heldout), read_manifest(args.train)
-    refs = References.fit(train, pipe.model.conditioner.clap, pipe.sample_rate)
+    refs = References.fit(train, pipe.model.conditioner.clap, pipe.sample_rate, vae=pipe.model.vae,
+                          window=pipe.config.window_seconds)
     named = {}
     from .embedders import get_embedder
     extra = [get_embedder(name, sample_rate=pipe.sample_rate) for name in args.embedder]
@@ -77,7 +78,9 @@ def run_eval(args) -> int:
     named["trained"] = evaluate(pipe, heldout, refs, os.path.join(args.out, "trained"), **kw)
     if args.baseline_random:
         rnd = StableAudio(build_model(pipe.config, seed=1), device=args.device, dtype="fp32")
-        named["random weights"] = evaluate(rnd, heldout, refs, os.path.join(args.out, "random"), **kw)
+        # the "through the VAE" column is the trained model's: not recomputed for random weights
+        named["random weights"] = evaluate(rnd, heldout, refs, os.path.join(args.out, "random"),
+                                           round_trips=False, **kw)
     atomic_write_text(os.path.join(args.out, "results.json"),
                       json.dumps(named, indent=2, default=_default) + "\n")
     md = format_markdown(named) + "\nTiming accuracy (the whole window rendered; where the sound ends):\n\n" \

@@ -7,6 +7,11 @@ score, KL between the family classifier's outputs on real and generated audio, h
 generated audio has the prompt's tempo, key and instrument family (with chance levels and the same
 measures on the real audio as the ceiling), the timing accuracy (requested vs detected end), and
 the VAE's reconstruction figures on the real clips.
+
+Two measures separate the diffusion model from the decoder: the same FD / CLAP score / following
+measures on the real clips passed through the VAE (what any diffusion model over this VAE could at
+best show), and the instrument family read off the generated latents before decoding, by a
+classifier fitted on the training clips' latents in the same VAE's space.
 """
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from ..audio import write_audio
 from ..data.manifest import AudioItem
 from ..errors import FastAudioError
 from .attributes import (FamilyClassifier, KeyTemplates, chroma, estimate_tempo, family_label,
-                         parse_key, tempo_class, tempo_correct, timbre_features)
+                         latent_features, parse_key, tempo_class, tempo_correct, timbre_features)
 from .embedders import CLAPEmbedder, MelEmbedder
 from .metrics import detect_end, frechet_distance, mean_kl, mrstft_distance, si_sdr, timing_table
 
@@ -41,28 +46,61 @@ def load_clip(item: AudioItem, sample_rate: int, seconds: Optional[float] = None
 
 @dataclass
 class References:
-    """What the measures are fitted on: the corpus's training split (never the model)."""
+    """What the measures are fitted on: the corpus's training split (never the diffusion model).
+
+    With a ``vae``, also a family classifier on the training clips' latents in that VAE's space:
+    it reads the family off generated latents before decoding, so prompt following by the
+    diffusion model is seen apart from what the decoder loses (only for models with that VAE)."""
     family: FamilyClassifier
     keys: KeyTemplates
     clap: object                      # the CLAP whose towers embed audio and text for every model
+    latent_family: Optional[FamilyClassifier] = None
+    latent_vae: Optional[object] = None   # the VAE whose latent space latent_family was fitted in
 
     @classmethod
     def fit(cls, train_items: Sequence[AudioItem], clap, sample_rate: int, limit: int = 600,
-            seed: int = 0) -> "References":
+            seed: int = 0, vae=None, window: Optional[float] = None, latent_limit: int = 200
+            ) -> "References":
+        if vae is not None and window is None:
+            raise EvalError("References.fit: a vae needs the window (seconds) its clips are padded to")
         items = [it for it in train_items if it.labels]
         random.Random(seed).shuffle(items)
         items = items[:limit]
-        feats, fams, chromas, keys = [], [], [], []
-        for it in items:
+        feats, fams, chromas, keys, lfeats, lfams = [], [], [], [], [], []
+        for k, it in enumerate(items):
             audio = load_clip(it, sample_rate)
             fam = family_label(it.labels)
             if fam is not None:
                 feats.append(timbre_features(audio, sample_rate))
                 fams.append(fam)
+                if vae is not None and k < latent_limit:
+                    lfeats.append(encoded_features(vae, audio, sample_rate, window))
+                    lfams.append(fam)
             if it.labels.get("kind") == "music" and it.labels.get("key"):
                 chromas.append(chroma(audio, sample_rate))
                 keys.append(it.labels["key"])
-        return cls(FamilyClassifier.fit(np.stack(feats), fams), KeyTemplates.fit(chromas, keys), clap)
+        latent = FamilyClassifier.fit(np.stack(lfeats), lfams) if len(set(lfams)) > 1 else None
+        return cls(FamilyClassifier.fit(np.stack(feats), fams), KeyTemplates.fit(chromas, keys), clap,
+                   latent, vae if latent is not None else None)
+
+
+def _frames(samples: int, vae) -> int:
+    return -(-samples // vae.config.downsampling_ratio)
+
+
+def encode_window(vae, audio: torch.Tensor, sample_rate: int, window: float) -> torch.Tensor:
+    """The clip's first ``window`` seconds, padded with silence to the window as training pads
+    them, encoded: (1, latent_dim, frames) on the VAE's device."""
+    n_window = int(window * sample_rate)
+    clip = torch.nn.functional.pad(audio[:, :n_window], (0, max(0, n_window - audio.shape[-1])))
+    p = next(vae.parameters())
+    with torch.no_grad():
+        return vae.encode(clip[None].to(p.device, p.dtype))
+
+
+def encoded_features(vae, audio: torch.Tensor, sample_rate: int, window: float) -> np.ndarray:
+    n = min(audio.shape[-1], int(window * sample_rate))
+    return latent_features(encode_window(vae, audio, sample_rate, window)[0], _frames(n, vae))
 
 
 def attribute_scores(audio: torch.Tensor, item: AudioItem, refs: References, sample_rate: int) -> Dict:
@@ -117,8 +155,19 @@ def context_sensitivity(model, prompts: Sequence[str], seconds: Sequence[float],
 
 
 def summarise(rows: List[Dict]) -> Dict[str, Optional[float]]:
-    return {k: _rate(rows, k) for k in ("family_ok", "tempo_ok", "tempo_ok_octave",
+    return {k: _rate(rows, k) for k in ("family_ok", "family_latent_ok", "tempo_ok", "tempo_ok_octave",
                                          "tempo_class_ok", "key_ok", "mode_ok")}
+
+
+def latent_family_ok(refs: References, latents: torch.Tensor, samples: int, item: AudioItem,
+                     vae) -> Optional[bool]:
+    """Whether the latent-space classifier reads the item's family off ``latents`` (None when it
+    does not apply: no classifier, another VAE's latent space, or no family label)."""
+    fam = family_label(item.labels)
+    if refs.latent_family is None or refs.latent_vae is not vae or fam is None:
+        return None
+    feats = latent_features(latents[0].float().cpu(), _frames(samples, vae))
+    return refs.latent_family.predict(feats[None])[0] == fam
 
 
 class EvalError(FastAudioError, ValueError):
@@ -157,20 +206,23 @@ def vae_bounds(vae, clips: Sequence[torch.Tensor], sample_rate: int, window: flo
 def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Optional[str] = None,
              steps: Optional[int] = None, cfg_scale: Optional[float] = None, items: int = 100,
              timing_seconds: Sequence[float] = (3.0, 5.0, 8.0, 11.0), timing_prompts: int = 8,
-             seed: int = 0, vae_items: int = 20, extra_embedders: Sequence = ()) -> Dict:
+             seed: int = 0, vae_items: int = 20, extra_embedders: Sequence = (),
+             round_trips: bool = True) -> Dict:
     sr = pipe.sample_rate
     window = pipe.config.window_seconds
     check_timing_seconds(timing_seconds, window)
     chosen = [it for it in heldout if it.labels][:items]
     if out_dir:
         os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
-    gen, real, rows_gen, rows_real, prompts = [], [], [], [], []
+    gen, real, trips, rows_gen, rows_real, rows_vae, prompts = [], [], [], [], [], [], []
     for k, it in enumerate(chosen):
         seconds = min(float(it.labels.get("duration", window)), window)
         prompt = it.caption or ""
         audio = pipe.generate(prompt, seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
                               seed=seed + k)[0].cpu()
+        gen_latents = pipe.last_latents
         ref = load_clip(it, sr, window)[:, : audio.shape[-1]]
+        # the real clip through the VAE: the bound on what any diffusion model could show
         if out_dir:
             write_audio(os.path.join(out_dir, "audio", f"{k:04d}.wav"), audio, sr, overwrite=True)
         gen.append(audio)
@@ -178,6 +230,18 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
         prompts.append(prompt)
         rows_gen.append(attribute_scores(audio, it, refs, sr))
         rows_real.append(attribute_scores(ref, it, refs, sr))
+        found = [(rows_gen, gen_latents)]
+        if round_trips:
+            ref_latents = encode_window(pipe.model.vae, ref, sr, window)
+            with torch.no_grad():
+                rt = pipe.model.vae.decode(ref_latents)[0, :, : ref.shape[-1]].float().cpu()
+            trips.append(rt)
+            rows_vae.append(attribute_scores(rt, it, refs, sr))
+            found.append((rows_vae, ref_latents))
+        for rows, z in found:
+            ok = latent_family_ok(refs, z, ref.shape[-1], it, pipe.model.vae)
+            if ok is not None:
+                rows[-1]["family_latent_ok"] = ok
         log.info("eval %d/%d: %s", k + 1, len(chosen), prompt)
     results: Dict = {"items": len(chosen), "model": pipe.config.name}
     probe_seconds = list(timing_seconds) or [window]
@@ -189,6 +253,10 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
     r_clap = np.concatenate([clap_emb(pad([x])) for x in real])
     results["fd_clap"] = frechet_distance(r_clap, g_clap)
     results["fd_mel"] = frechet_distance(mel_emb(real), mel_emb(gen))
+    if round_trips:  # the real clips through the VAE: the bound on FD, CLAP score and following
+        v_clap = np.concatenate([clap_emb(pad([x])) for x in trips])
+        results["fd_clap_vae"] = frechet_distance(r_clap, v_clap)
+        results["fd_mel_vae"] = frechet_distance(mel_emb(real), mel_emb(trips))
     for emb in extra_embedders:
         results[f"fd_{emb.name}"] = frechet_distance(np.concatenate([emb(pad([x])) for x in real]),
                                                      np.concatenate([emb(pad([x])) for x in gen]))
@@ -196,10 +264,14 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
         text = refs.clap.text_embedding(prompts).double().cpu().numpy()
     results["clap_score"] = float(np.mean((text * g_clap).sum(1)))
     results["clap_score_real"] = float(np.mean((text * r_clap).sum(1)))
+    if round_trips:
+        results["clap_score_vae"] = float(np.mean((text * v_clap).sum(1)))
     results["kl_family"] = mean_kl(np.stack([r["family_probs"] for r in rows_real]),
                                    np.stack([r["family_probs"] for r in rows_gen]))
     results["follow"] = summarise(rows_gen)
     results["follow_real"] = summarise(rows_real)
+    if round_trips:
+        results["follow_vae"] = summarise(rows_vae)
     results["chance"] = {"family_ok": 1 / len(refs.family.classes), "tempo_class_ok": 1 / 3,
                          "key_ok": 1 / 24, "mode_ok": 0.5}
     # timing accuracy: render the whole window, detect where the sound ends
@@ -224,31 +296,40 @@ def format_markdown(named: Dict[str, Dict]) -> str:
             return "–"
         return f"{100 * x:.0f} %" if pct else f"{x:.3g}"
     names = list(named)
-    lines = ["| measure | " + " | ".join(names) + " | real audio | chance |",
-             "|---" * (len(names) + 3) + "|"]
+    # "real audio through the VAE": the held-out clips encoded and decoded by the first model's VAE
+    lines = ["| measure | " + " | ".join(names) + " | real audio | real audio through the VAE | chance |",
+             "|---" * (len(names) + 4) + "|"]
     first = named[names[0]]
-    rows = [("FD (CLAP embeddings) ↓", "fd_clap", False, None), ("FD (log-mel statistics) ↓", "fd_mel", False, None),
-            ("CLAP score ↑", "clap_score", False, "clap_score_real"), ("KL (family classifier) ↓", "kl_family", False, None)]
-    for title, key, pct, real_key in rows:
+    rows = [("FD (CLAP embeddings) ↓", "fd_clap", None, "fd_clap_vae"),
+            ("FD (log-mel statistics) ↓", "fd_mel", None, "fd_mel_vae"),
+            ("CLAP score ↑", "clap_score", "clap_score_real", "clap_score_vae"),
+            ("KL (family classifier) ↓", "kl_family", None, None)]
+    for title, key, real_key, vae_key in rows:
         real = f(first.get(real_key)) if real_key else "–"
-        lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + f" | {real} | – |")
-    for key, title in (("family_ok", "instrument family correct"), ("tempo_ok", "tempo within 8 %"),
+        via = f(first.get(vae_key)) if vae_key else "–"
+        lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names)
+                     + f" | {real} | {via} | – |")
+    for key, title in (("family_ok", "instrument family correct"),
+                       ("family_latent_ok", "instrument family read off the latents"),
+                       ("tempo_ok", "tempo within 8 %"),
                        ("tempo_ok_octave", "tempo within 8 % (×2, ×½ allowed)"),
                        ("tempo_class_ok", "tempo class (slow/medium/fast)"), ("key_ok", "key correct"),
                        ("mode_ok", "mode (major/minor) correct")):
+        chance = first["chance"].get("family_ok" if key == "family_latent_ok" else key)
         lines.append(f"| {title} ↑ | " + " | ".join(f(named[n]["follow"].get(key), True) for n in names)
-                     + f" | {f(first['follow_real'].get(key), True)} | {f(first['chance'].get(key), True)} |")
+                     + f" | {f(first['follow_real'].get(key), True)}"
+                     + f" | {f(first.get('follow_vae', {}).get(key), True)} | {f(chance, True)} |")
     for key, title in (("prompt", "U-Net output change between prompts ↑"),
                        ("duration", "U-Net output change between durations ↑")):
         # two significant digits: these changes are fractions of a percent
         cells = [named[n].get("context_sensitivity", {}).get(key) for n in names]
         lines.append(f"| {title} | " + " | ".join("–" if c is None else f"{100 * c:.2g} %" for c in cells)
-                     + " | – | – |")
+                     + " | – | – | – |")
     for key, title in (("vae_si_sdr_db", "VAE reconstruction SI-SDR (dB) ↑"), ("vae_mrstft", "VAE reconstruction MR-STFT ↓"),
                        ("vae_end_error_s", "VAE round trip: error of the detected end (s) ↓")):
-        lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + " | – | – |")
+        lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + " | – | – | – |")
     lines.append("| VAE round trip: end found within 1 s ↑ | " + " | ".join(
-        f(named[n].get("vae_end_within_1s"), True) for n in names) + " | – | – |")
+        f(named[n].get("vae_end_within_1s"), True) for n in names) + " | – | – | – |")
     return "\n".join(lines) + "\n"
 
 

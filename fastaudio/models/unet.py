@@ -309,7 +309,7 @@ class UNet1d(nn.Module):
             self.to_time = nn.Sequential(
                 nn.Sequential(LearnedPositionalEmbedding(ch), nn.Linear(ch + 1, mapping)), nn.GELU())
         if cfg.use_pooled_context:
-            self.to_pooled_context = nn.Sequential(
+            self.to_features = nn.Sequential(
                 nn.Linear(cfg.context_embedding_features, mapping), nn.GELU())
         self.to_in = Patcher(cfg.in_channels, ch * mult[0], mapping)
         self.downsamples = nn.ModuleList(
@@ -344,7 +344,7 @@ class UNet1d(nn.Module):
         h = F.gelu(F.linear(features(t), project.weight.float(), project.bias.float()))
         h = h.to(self.to_mapping[0].weight.dtype)
         if pooled_context is not None:
-            pooled = self.to_pooled_context(pooled_context.to(h.dtype))
+            pooled = self.to_features(pooled_context.to(h.dtype))
             h = to_batch(h, pooled.shape[0]) + pooled
         return self.to_mapping(h)
 
@@ -352,8 +352,8 @@ class UNet1d(nn.Module):
     def zero_pooled_context(self) -> None:
         """Start the pooled-context path at zero (GELU(0) = 0), so that a model trained without
         it gives the same output until fine-tuning teaches the path something."""
-        nn.init.zeros_(self.to_pooled_context[0].weight)
-        nn.init.zeros_(self.to_pooled_context[0].bias)
+        nn.init.zeros_(self.to_features[0].weight)
+        nn.init.zeros_(self.to_features[0].bias)
 
     @staticmethod
     def pool_context(context: Tensor, context_mask: Optional[Tensor]) -> Tensor:

@@ -45,7 +45,7 @@ def with_pooled_context(model: StableAudioModel) -> StableAudioModel:
     new.conditioner.clap.tokenizer = model.conditioner.clap.tokenizer
     new.conditioner.text_encoder_missing = model.conditioner.text_encoder_missing
     missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
-    if unexpected or any(not k.startswith("unet.to_pooled_context.") for k in missing):
+    if unexpected or any(not k.startswith("unet.to_features.") for k in missing):
         raise TrainingError(f"--add-pooled-context: unexpected weights {unexpected} / missing {missing}")
     new.unet.zero_pooled_context()
     return new.to(next(model.parameters()).dtype).eval()
