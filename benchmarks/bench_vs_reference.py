@@ -37,7 +37,7 @@ import reference_impl as R  # noqa: E402
 def reference_modules(model, device, dtype):
     adp, dac = R.adp(), R.dac()
     cfg = model.config
-    unet = adp.UNetCFG1d(**dataclasses.asdict(cfg.unet))
+    unet = adp.UNetCFG1d(**R.unet_kwargs(cfg.unet))
     unet.load_state_dict(model.unet.state_dict())
     d = cfg.vae.decoder
     decoder = dac.model.Decoder(d.latent_dim, d.channels, d.rates, d_out=d.out_channels)
@@ -57,13 +57,18 @@ def timed(fn, device):
 def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name: str, repeats: int,
           executions: List[str]) -> List[dict]:
     from fastaudio import build_model
+    from fastaudio.config import preset as preset_config
     from fastaudio.diffusion.sigmas import polyexponential
     from fastaudio.pipeline import StableAudio
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     K = R.kdiffusion()
-    model = build_model(preset, seed=0)
+    # the reference's generation path gives its U-Net no global features, so both run SA1.0's
+    # architecture: the small preset's pooled-context FiLM path (not in SA1.0) is switched off
+    cfg = preset_config(preset)
+    cfg.unet.use_pooled_context = False
+    model = build_model(cfg, seed=0)
     ref_unet, ref_decoder = reference_modules(model, device, dtype)
     pipes = {e: StableAudio(model, device=device, dtype=dtype, execution=e) for e in executions}
     pipe = next(iter(pipes.values()))

@@ -157,3 +157,14 @@ def kdiffusion():
             sys.modules.pop(name, None)
     _cache["kdiffusion"] = types.SimpleNamespace(sampling=sampling, external=external)
     return _cache["kdiffusion"]
+
+
+def unet_kwargs(cfg) -> dict:
+    """Our UNetConfig as UNetCFG1d's keyword arguments. ``use_pooled_context`` is ours; the
+    reference's equivalent is ``context_features`` plus a ``features`` tensor at every call,
+    which only tests that pass that tensor may ask for."""
+    import dataclasses
+    kw = dataclasses.asdict(cfg)
+    if kw.pop("use_pooled_context"):
+        kw["context_features"] = cfg.context_embedding_features
+    return kw

@@ -162,7 +162,7 @@ def _sat_config(cfg):
                 "cond_dim": 768},
             "diffusion": {"type": "adp_cfg_1d",
                           "cross_attention_cond_ids": ["prompt", "seconds_start", "seconds_total"],
-                          "config": dataclasses.asdict(u)},
+                          "config": R.unet_kwargs(u)},
             "io_channels": v.latent_dim,
         },
     }
@@ -175,7 +175,7 @@ def sat_checkpoint(tmp_path_factory):
     cfg = preset("tiny")
     cfg.unet = dataclasses.replace(cfg.unet, context_embedding_features=768)
     torch.manual_seed(5)
-    unet = adp.UNetCFG1d(**dataclasses.asdict(cfg.unet)).eval()
+    unet = adp.UNetCFG1d(**R.unet_kwargs(cfg.unet)).eval()
     e = cfg.vae.encoder
     enc = dac.model.Encoder(d_model=e.d_model, strides=e.strides, d_latent=e.d_model * 16)
     enc.block[0] = dac.layers.WNConv1d(2, e.d_model, kernel_size=7, padding=3)

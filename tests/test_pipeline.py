@@ -65,7 +65,7 @@ def test_guidance_matches_the_reference_unetcfg1d():
     adp = R.adp()
     cfg = dataclasses.replace(build_model("tiny", device="meta").config.unet)
     torch.manual_seed(0)
-    ref = adp.UNetCFG1d(**dataclasses.asdict(cfg)).eval()
+    ref = adp.UNetCFG1d(**R.unet_kwargs(cfg)).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)

@@ -49,10 +49,7 @@ def _ref_call(ref, cfg, x, t, ctx, mask=None):
 def _pair(cfg: UNetConfig):
     adp = R.adp()
     torch.manual_seed(0)
-    kw = dataclasses.asdict(cfg)
-    if kw.pop("use_pooled_context"):
-        kw["context_features"] = cfg.context_embedding_features
-    ref = adp.UNetCFG1d(**kw).eval()
+    ref = adp.UNetCFG1d(**R.unet_kwargs(cfg)).eval()
     with torch.no_grad():  # move every parameter away from its init (LayerNorm, GN affine …)
         for p in ref.parameters():
             p.add_(torch.randn_like(p) * 0.05)
