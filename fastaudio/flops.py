@@ -13,7 +13,8 @@ from typing import Dict
 def unet_flops(preset: str, frames: int, batch: int = 1, context_groups: int = 1) -> Dict[str, float]:
     """{"total": FLOPs, "attention_core": FLOPs of the attention products} of one forward of the
     preset's U-Net on (batch, latent_dim, frames) with ``context_groups`` contexts per item
-    (2 under classifier-free guidance: the context-free prefix runs once); nothing is allocated."""
+    (2 under classifier-free guidance: the context-free prefix runs once, unless the preset has
+    ``unet.use_pooled_context``); nothing is allocated."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 

@@ -335,3 +335,17 @@ def test_add_pooled_context_fine_tunes_an_older_model(tmp_path, corpus, tiny_mod
     assert exported.unet.to_features[0].weight.abs().max() > 0  # the new layer learned
     with pytest.raises(TrainingError, match="already has"):
         model_from_args(str(run / "export"), None, 0, add_pooled_context=True)
+
+
+def test_add_pooled_context_is_refused_where_it_cannot_apply(tmp_path, corpus, tiny_model, capsys):
+    base = ["--data", str(corpus / "train.jsonl"), "--no-progress"]
+    assert main(["train", "vae", "--init", tiny_model, "--add-pooled-context", "--out",
+                 str(tmp_path / "v")] + base) == 2
+    assert "only the diffusion stage" in capsys.readouterr().err
+    run = tmp_path / "d"
+    cfg = _config(tmp_path, **DIFFUSION_CFG)
+    assert main(["train", "diffusion", "--init", tiny_model, "--out", str(run), "--config", cfg,
+                 "--steps", "1"] + base) == 0
+    assert main(["train", "diffusion", "--out", str(run), "--resume", "--add-pooled-context",
+                 "--steps", "2", "--no-progress"]) == 2
+    assert "was not given when the run started" in capsys.readouterr().err

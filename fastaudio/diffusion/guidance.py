@@ -2,7 +2,8 @@
 
 One batched pass over contexts [cond; uncond] (the learned null context, or a negative prompt
 whose padded tokens are replaced by the null context) with x given once, so the U-Net runs its
-context-free prefix (input block, first level, first self-attention) a single time; then
+context-free prefix (input block, first level, first self-attention) a single time (not with
+``unet.use_pooled_context``: there every block depends on the context); then
 ``uncond + s·(cond − uncond)`` on the v-prediction, optionally rescaled:
 ``φ·out·std(cond)/std(out) + (1−φ)·out`` (std over channels).
 Like the reference, both halves use the prompt's context mask. ``scale == 1`` runs the
@@ -75,6 +76,7 @@ class GuidedV:
             return self.forward(x_in, t_in, self.context, self.mask).to(x.dtype)
         # x once, context [cond; uncond]: the U-Net runs its context-free prefix (input block,
         # first level, the first self-attention) on x alone and widens at the first cross-attention
+        # (with unet.use_pooled_context the whole U-Net runs on the wide batch)
         both = self.forward(x_in, t_in, self.context, self.mask)
         cond, uncond = both.to(x.dtype).chunk(2, 0)
         out = uncond + (cond - uncond) * self.scale

@@ -198,7 +198,7 @@ def latent_features(latents: Tensor, frames: int) -> np.ndarray:
     """Per-channel mean, std and mean absolute frame-to-frame change over the first ``frames``
     latent frames (the part that holds the clip): the latent-space analogue of
     :func:`timbre_features`, for a :class:`FamilyClassifier` fitted on encoded training clips."""
-    z = latents.float().reshape(-1, latents.shape[-1])[:, : max(int(frames), 2)]
+    z = latents.detach().float().cpu().reshape(-1, latents.shape[-1])[:, : max(int(frames), 2)]
     steps = (z[:, 1:] - z[:, :-1]).abs().mean(1)
     return torch.cat([z.mean(1), z.std(1, unbiased=False), steps]).double().numpy()
 

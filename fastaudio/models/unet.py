@@ -401,7 +401,8 @@ class UNet1d(nn.Module):
 
         ``context`` may stack k groups of ``x``'s batch (rows ``[g·B, (g+1)·B)`` are group g): the
         result is then ``(k·B, …)``, equal to calling with ``x`` repeated k times, but the layers
-        before the first cross-attention run once (classifier-free guidance uses this)."""
+        before the first cross-attention run once (classifier-free guidance uses this) - except
+        with ``use_pooled_context``, where every layer's FiLM depends on the context group."""
         t = self.check_inputs(x, t, context, context_mask)
         if context_mask is not None:
             context_mask = context_mask.to(torch.bool)

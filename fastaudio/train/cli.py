@@ -89,12 +89,16 @@ def _run_spec(args) -> dict:
             given = getattr(args, key)
             if given is not None and os.path.abspath(given) != spec.get(key) and given != spec.get(key):
                 raise TrainCLIError(f"--resume: --{key} {given} differs from the run's {spec.get(key)}")
+        if args.add_pooled_context and not spec.get("add_pooled_context", False):
+            raise TrainCLIError("--resume: --add-pooled-context was not given when the run started")
         return spec
     if os.path.isdir(os.path.join(args.out, "checkpoints")) and os.listdir(os.path.join(args.out, "checkpoints")):
         raise TrainCLIError(f"{args.out} already holds checkpoints: pass --resume to continue it, "
                             "or choose another --out")
     if not args.data:
         raise TrainCLIError("--data is required (a manifest or a folder of audio)")
+    if args.add_pooled_context and args.stage != "diffusion":
+        raise TrainCLIError("--add-pooled-context adds a U-Net layer: only the diffusion stage trains it")
     if not os.path.exists(args.data):
         raise TrainCLIError(f"--data {args.data} does not exist")
     spec = {"stage": args.stage, "data": os.path.abspath(args.data),

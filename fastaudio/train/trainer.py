@@ -350,7 +350,14 @@ class Trainer:
                 set_optimizer_state_dict(g.wrapped, g.optimizer, entry["optimizer"],
                                          options=StateDictOptions(full_state_dict=True, strict=False))
             else:
-                D.unwrap(g.wrapped).load_state_dict(entry["model"])
+                try:
+                    D.unwrap(g.wrapped).load_state_dict(entry["model"])
+                except RuntimeError as e:
+                    # e.g. a run from --preset small started before the preset gained
+                    # unet.use_pooled_context: name it instead of a wall of key names
+                    first = str(e).strip().splitlines()[0]
+                    raise TrainingError(f"checkpoint step {step} does not fit {g.name!r}: the model's "
+                                        f"architecture differs from the run's ({first})") from None
                 g.optimizer.load_state_dict(entry["optimizer"])
             g.scheduler.load_state_dict(entry["scheduler"])
             if g.ema is not None and "ema" in entry:
