@@ -65,7 +65,7 @@ def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     K = R.kdiffusion()
     # the reference's generation path gives its U-Net no global features, so both run SA1.0's
-    # architecture: the small preset's pooled-context FiLM path (not in SA1.0) is switched off
+    # architecture: a pooled-context FiLM path (unet.use_pooled_context, not in SA1.0) stays off
     cfg = preset_config(preset)
     cfg.unet.use_pooled_context = False
     model = build_model(cfg, seed=0)
