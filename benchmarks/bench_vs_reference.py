@@ -20,7 +20,6 @@ descript-audio-codec and k-diffusion installed with --no-deps; see tests/referen
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -57,18 +56,13 @@ def timed(fn, device):
 def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name: str, repeats: int,
           executions: List[str]) -> List[dict]:
     from fastaudio import build_model
-    from fastaudio.config import preset as preset_config
     from fastaudio.diffusion.sigmas import polyexponential
     from fastaudio.pipeline import StableAudio
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     K = R.kdiffusion()
-    # the reference's generation path gives its U-Net no global features, so both run SA1.0's
-    # architecture: a pooled-context FiLM path (unet.use_pooled_context, not in SA1.0) stays off
-    cfg = preset_config(preset)
-    cfg.unet.use_pooled_context = False
-    model = build_model(cfg, seed=0)
+    model = build_model(preset, seed=0)
     ref_unet, ref_decoder = reference_modules(model, device, dtype)
     pipes = {e: StableAudio(model, device=device, dtype=dtype, execution=e) for e in executions}
     pipe = next(iter(pipes.values()))

@@ -224,7 +224,6 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
                               seed=seed + k)[0].cpu()
         gen_latents = pipe.last_latents
         ref = load_clip(it, sr, window)[:, : audio.shape[-1]]
-        # the real clip through the VAE: the bound on what any diffusion model could show
         if out_dir:
             write_audio(os.path.join(out_dir, "audio", f"{k:04d}.wav"), audio, sr, overwrite=True)
         gen.append(audio)
@@ -233,7 +232,7 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
         rows_gen.append(attribute_scores(audio, it, refs, sr))
         rows_real.append(attribute_scores(ref, it, refs, sr))
         found = [(rows_gen, gen_latents)]
-        if round_trips:
+        if round_trips:  # the real clip through the VAE: the best any diffusion model could show
             ref_latents = encode_window(pipe.model.vae, ref, sr, window)
             with torch.no_grad():
                 rt = pipe.model.vae.decode(ref_latents)[0, :, : ref.shape[-1]].float().cpu()
