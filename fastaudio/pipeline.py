@@ -241,9 +241,7 @@ class StableAudio:
         if self.execution != "compile":
             return None
         if self._compiled is None:
-            # static shapes: one specialised graph per latent length (windows are few), never the
-            # slower shape-generic code dynamo switches to after seeing a second length
-            self._compiled = torch.compile(self.model.unet, dynamic=False)
+            self._compiled = self._compile(self.model.unet)
         return self._compiled
 
     def _decoder_forward(self):
@@ -252,8 +250,21 @@ class StableAudio:
         if self.execution != "compile":
             return None
         if self._compiled_decoder is None:
-            self._compiled_decoder = torch.compile(self.model.vae.decoder, dynamic=False)
+            self._compiled_decoder = self._compile(self.model.vae.decoder)
         return self._compiled_decoder
+
+    def _compile(self, module: torch.nn.Module):
+        """torch.compile for inference. Static shapes: one specialised graph per latent length
+        (windows are few), never the slower shape-generic code dynamo switches to after seeing a
+        second length. On a CPU, inductor's freezing as well: the weights (gradient-free here)
+        become constants of the graph and convolution / linear weights are prepacked for oneDNN
+        once, instead of being reordered on every call (guided U-Net step, small preset, 512
+        frames, 2-core x86, adjacent runs: 84-87 ms frozen against 98 ms not). The weights are
+        read at the first call of each shape: changing them afterwards needs a new pipeline
+        (``_place`` drops the compiled modules). Freezing is not enabled on CUDA, where it has not
+        been measured (CUDA uses graphs by default)."""
+        options = {"freezing": True} if self.device.type == "cpu" else None
+        return torch.compile(module, dynamic=False, options=options)
 
     def _sample(self, x0, plan, context, mask, neg_ctx, neg_mask, cfg_scale, cfg_rescale,
                 generator, callback, progress) -> Tensor:

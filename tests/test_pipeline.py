@@ -88,6 +88,29 @@ def test_guidance_matches_the_reference_unetcfg1d():
             assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (scale, rescale, negative)
 
 
+def test_new_conditioning_replaces_the_cached_keys_and_values(pipe):
+    """GuidedV projects the context's cross-attention keys/values once; set_conditioning (the
+    CUDA-graph path's way to serve a new prompt) must refresh them, not only the context."""
+    unet = pipe.model.unet
+    with torch.no_grad():
+        a, mask_a = pipe.model.conditioner(["a fast drum loop"], 0, 1.0)
+        b, mask_b = pipe.model.conditioner(["a slow piano in D minor, longer"], 0, 1.0)
+        x, t = torch.randn(1, unet.config.in_channels, 32), torch.tensor([0.4])
+        reused = GuidedV(unet, a, mask_a, 4.0, 0.4)
+        first = reused(x, t)
+        reused.set_conditioning(b, mask_b)
+        want = GuidedV(unet, b, mask_b, 4.0, 0.4)(x, t)
+        uncached = unet(x, t, torch.cat([b, unet.null_context(1, b.shape[1])]),
+                        torch.cat([mask_b, mask_b]))  # no keys/values passed: projected per call
+        got = reused(x, t)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    cond, uncond = uncached.chunk(2)
+    out = uncond + (cond - uncond) * 4.0
+    out = 0.4 * out * cond.std(1, keepdim=True) / out.std(1, keepdim=True) + 0.6 * out
+    torch.testing.assert_close(got, out, rtol=1e-5, atol=1e-6)
+    assert (got - first).abs().max() > 1e-4  # the prompts differ, so must the outputs
+
+
 def test_step_runner_matches_the_samplers(pipe):
     model = pipe.model
     with torch.no_grad():

@@ -99,8 +99,11 @@ def test_shared_x_over_context_groups_equals_repeating_x(name, b, groups):
     with torch.no_grad():
         want = _ref_call(ref, cfg, x.repeat(groups, 1, 1), t.repeat(groups), ctx, mask)
         got = ours(x, t, ctx, mask)
+        # the sampler's path: cross-attention keys/values of the context computed beforehand
+        got_kv = ours(x, t, ctx, mask, ours.context_keys_values(ctx))
     assert got.shape == want.shape == (b * groups, cfg.in_channels, length)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (got_kv - want).abs().max() <= 1e-5 * want.abs().max()
     assert (want[:b] - want[-b:]).abs().max() > 1e-3 * want.abs().max()  # the groups differ
 
 
@@ -138,6 +141,12 @@ def test_bad_inputs_are_named():
         unet(torch.randn(2, cfg.in_channels, 32), torch.rand(2), unet.null_context(3, 79))
     with pytest.raises(UNetInputError, match="context is required"):
         unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), None)
+    kv = unet.context_keys_values(ctx)
+    assert kv.shape == (1, 79, unet.context_kv_features)
+    with pytest.raises(UNetInputError, match="context_kv must be"):  # another context's length
+        unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), ctx, None, kv[:, :40])
+    with pytest.raises(UNetInputError, match="context_kv must be"):  # one layer's columns missing
+        unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), ctx, None, kv[..., 8:])
 
 
 def test_pooled_context_starts_at_zero_and_ignores_masked_tokens():

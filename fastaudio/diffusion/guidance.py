@@ -7,7 +7,8 @@ context-free prefix (input block, first level, first self-attention) a single ti
 ``uncond + s·(cond − uncond)`` on the v-prediction, optionally rescaled:
 ``φ·out·std(cond)/std(out) + (1−φ)·out`` (std over channels).
 Like the reference, both halves use the prompt's context mask. ``scale == 1`` runs the
-conditional model alone.
+conditional model alone. The cross-attention keys and values of the batched context are computed
+once per prompt (``UNet1d.context_keys_values``), not at every step.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ def uncond_context(unet: UNet1d, context: Tensor, negative_context: Optional[Ten
 class GuidedV:
     """``v(x, t)`` of the U-Net under classifier-free guidance.
 
-    The batched context and mask live in buffers that :meth:`set_conditioning` overwrites in
-    place, so a CUDA graph captured over this function serves every prompt of the same shape.
+    The batched context, its mask and its cross-attention keys/values live in buffers that
+    :meth:`set_conditioning` overwrites in place, so a CUDA graph captured over this function
+    serves every prompt of the same shape.
     """
 
     def __init__(self, unet: UNet1d, context: Tensor, context_mask: Optional[Tensor],
@@ -48,6 +50,11 @@ class GuidedV:
         self.rescale = float(cfg_rescale)
         self.dtype = next(unet.parameters()).dtype
         self.context, self.mask = self._batched(context, context_mask, negative_context, negative_mask)
+        self.context_kv = self._keys_values(self.context)
+
+    @torch.no_grad()
+    def _keys_values(self, context: Tensor) -> Optional[Tensor]:
+        return self.unet.context_keys_values(context) if self.unet.context_kv_features else None
 
     def _batched(self, context, context_mask, negative_context, negative_mask):
         context = context.to(self.dtype)
@@ -69,15 +76,17 @@ class GuidedV:
                              f"{tuple(self.context.shape)}")
         self.context.copy_(ctx)
         self.mask.copy_(mask)
+        if self.context_kv is not None:
+            self.context_kv.copy_(self._keys_values(ctx))
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         x_in, t_in = x.to(self.dtype), t.float()  # t stays fp32 (see UNet1d.check_inputs)
         if self.scale == 1.0:
-            return self.forward(x_in, t_in, self.context, self.mask).to(x.dtype)
+            return self.forward(x_in, t_in, self.context, self.mask, self.context_kv).to(x.dtype)
         # x once, context [cond; uncond]: the U-Net runs its context-free prefix (input block,
         # first level, the first self-attention) on x alone and widens at the first cross-attention
         # (with unet.use_pooled_context the whole U-Net runs on the wide batch)
-        both = self.forward(x_in, t_in, self.context, self.mask)
+        both = self.forward(x_in, t_in, self.context, self.mask, self.context_kv)
         cond, uncond = both.to(x.dtype).chunk(2, 0)
         out = uncond + (cond - uncond) * self.scale
         if self.rescale:

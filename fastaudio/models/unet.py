@@ -127,12 +127,19 @@ class Attention(nn.Module):
         self.to_kv = nn.Linear(ctx, mid * 2, bias=False)
         self.attention = AttentionOut(mid, features)
 
+    def keys_values(self, context: Tensor) -> Tensor:
+        """Keys and values side by side: (B, tokens, 2·heads·head_features)."""
+        return self.to_kv(self.norm_context(context))
+
     def forward(self, x: Tensor, context: Optional[Tensor] = None,
-                context_mask: Optional[Tensor] = None) -> Tensor:
+                context_mask: Optional[Tensor] = None, keys_values: Optional[Tensor] = None) -> Tensor:
+        """``keys_values``: ``self.keys_values(context)`` computed beforehand (cross-attention
+        over a context that stays the same across calls, see UNet1d.context_keys_values)."""
         context = x if context is None else context
         b, n, _ = x.shape
         q = self.to_q(self.norm(x))
-        k, v = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
+        kv = self.keys_values(context) if keys_values is None else keys_values
+        k, v = kv.chunk(2, dim=-1)
         h = self.num_heads
         q, k, v = (t.reshape(b, t.shape[1], h, -1).transpose(1, 2) for t in (q, k, v))
         out = attention(q, k, v, key_padding_mask=context_mask, mask_mode="zero")
@@ -148,14 +155,18 @@ class TransformerBlock(nn.Module):
         self.use_cross_attention = bool(context_features)
         if self.use_cross_attention:
             self.cross_attention = Attention(features, num_heads, head_features, context_features)
+        # this block's columns of UNet1d.context_keys_values (set by UNet1d)
+        self.kv_columns: Optional[Tuple[int, int]] = None
         self.feed_forward = nn.Sequential(nn.Linear(features, features * multiplier), nn.GELU(),
                                           nn.Linear(features * multiplier, features))
 
-    def forward(self, x: Tensor, context: Optional[Tensor], context_mask: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, context: Optional[Tensor], context_mask: Optional[Tensor],
+                context_kv: Optional[Tensor] = None) -> Tensor:
         x = x + self.attention(x)
         if self.use_cross_attention:
             x = to_batch(x, context.shape[0])  # shared prefix ends here (see to_batch)
-            x = x + self.cross_attention(x, context, context_mask)
+            kv = None if context_kv is None else context_kv[..., self.kv_columns[0]:self.kv_columns[1]]
+            x = x + self.cross_attention(x, context, context_mask, kv)
         return x + self.feed_forward(x)
 
 
@@ -174,10 +185,11 @@ class Transformer1d(nn.Module):
             for _ in range(num_layers))
         self.to_out = nn.Sequential(nn.Identity(), SamePadConv1d(channels, channels, kernel_size=1))
 
-    def forward(self, x: Tensor, context: Optional[Tensor], context_mask: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, context: Optional[Tensor], context_mask: Optional[Tensor],
+                context_kv: Optional[Tensor] = None) -> Tensor:
         x = self.to_in[1](self.to_in[0](x)).transpose(1, 2)
         for block in self.blocks:
-            x = block(x, context, context_mask)
+            x = block(x, context, context_mask, context_kv)
         return self.to_out[1](x.transpose(1, 2))
 
 
@@ -200,14 +212,14 @@ class DownsampleBlock1d(nn.Module):
             self.transformer = Transformer1d(num_transformer_blocks, out_channels, cfg.attention_heads,
                                              cfg.attention_multiplier, cfg.context_embedding_features)
 
-    def forward(self, x, mapping, context, context_mask) -> Tuple[Tensor, List[Tensor]]:
+    def forward(self, x, mapping, context, context_mask, context_kv=None) -> Tuple[Tensor, List[Tensor]]:
         x = self.downsample(x)
         skips = []
         for block in self.blocks:
             x = block(x, mapping)
             skips.append(x)
         if self.use_transformer:
-            x = self.transformer(x, context, context_mask)
+            x = self.transformer(x, context, context_mask, context_kv)
             skips.append(x)
         return x, skips
 
@@ -234,13 +246,13 @@ class UpsampleBlock1d(nn.Module):
             self.upsample = TrimConvTranspose1d(in_channels, out_channels, kernel_size=2 * factor,
                                                 stride=factor)
 
-    def forward(self, x, skips: List[Tensor], mapping, context, context_mask) -> Tensor:
+    def forward(self, x, skips: List[Tensor], mapping, context, context_mask, context_kv=None) -> Tensor:
         for block in self.blocks:
             skip = to_batch(skips.pop(), x.shape[0])
             x = block(torch.cat([x, skip * self.skip_scale if self.skip_scale != 1.0 else skip], 1),
                       mapping)
         if self.use_transformer:
-            x = self.transformer(x, context, context_mask)
+            x = self.transformer(x, context, context_mask, context_kv)
         return self.upsample(x)
 
 
@@ -255,10 +267,10 @@ class BottleneckBlock1d(nn.Module):
                                              cfg.attention_multiplier, cfg.context_embedding_features)
         self.post_block = ResnetBlock1d(channels, channels, num_groups, mapping_features)
 
-    def forward(self, x, mapping, context, context_mask) -> Tensor:
+    def forward(self, x, mapping, context, context_mask, context_kv=None) -> Tensor:
         x = self.pre_block(x, mapping)
         if self.use_transformer:
-            x = self.transformer(x, context, context_mask)
+            x = self.transformer(x, context, context_mask, context_kv)
         return self.post_block(x, mapping)
 
 
@@ -329,6 +341,27 @@ class UNet1d(nn.Module):
         self.fixed_embedding = FixedEmbedding(cfg.context_embedding_max_length,
                                               cfg.context_embedding_features)
         self.length_multiple = math.prod(cfg.factors)
+        # columns of context_keys_values() per cross-attention block, in module order
+        self.context_kv_features = 0
+        for block in self.cross_attention_blocks():
+            width = block.cross_attention.to_kv.out_features
+            block.kv_columns = (self.context_kv_features, self.context_kv_features + width)
+            self.context_kv_features += width
+
+    def cross_attention_blocks(self) -> List[TransformerBlock]:
+        return [m for m in self.modules() if isinstance(m, TransformerBlock) and m.use_cross_attention]
+
+    def context_keys_values(self, context: Tensor) -> Tensor:
+        """Every cross-attention layer's keys and values of ``context``, side by side:
+        (B, tokens, context_kv_features). They depend on the context alone, so a sampler whose
+        prompt stays fixed computes them once and passes them to every step
+        (``forward(..., context_kv=)``) instead of projecting the context again at each (with
+        guidance the projections are 3.4 % of the small preset's FLOPs at its 11.9 s window, but
+        only 0.3 % of SA1.0's at 95 s: a gain for small models and short windows)."""
+        blocks = self.cross_attention_blocks()
+        if not blocks:
+            raise UNetInputError("this U-Net has no cross-attention (context_embedding_features 0)")
+        return torch.cat([b.cross_attention.keys_values(context) for b in blocks], dim=-1)
 
     @torch.no_grad()
     def scale_initial_weights(self, factor: float = 0.5) -> None:
@@ -368,7 +401,7 @@ class UNet1d(nn.Module):
         return self.fixed_embedding(batch, length)
 
     def check_inputs(self, x: Tensor, t: Tensor, context: Optional[Tensor],
-                     context_mask: Optional[Tensor]) -> Tensor:
+                     context_mask: Optional[Tensor], context_kv: Optional[Tensor] = None) -> Tensor:
         cfg = self.config
         if x.dim() != 3 or x.shape[1] != cfg.in_channels:
             raise UNetInputError(f"x must be (batch, {cfg.in_channels}, length), got {tuple(x.shape)}")
@@ -393,17 +426,25 @@ class UNet1d(nn.Module):
             if context_mask is not None and context_mask.shape != context.shape[:2]:
                 raise UNetInputError(f"context_mask must be {tuple(context.shape[:2])}, got "
                                      f"{tuple(context_mask.shape)}")
+            want = (*context.shape[:2], self.context_kv_features)
+            if context_kv is not None and tuple(context_kv.shape) != want:
+                raise UNetInputError(f"context_kv must be {want} (context_keys_values(context)), "
+                                     f"got {tuple(context_kv.shape)}")
+        elif context_kv is not None:
+            raise UNetInputError("context_kv given to a U-Net without cross-attention")
         return t
 
     def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None,
-                context_mask: Optional[Tensor] = None) -> Tensor:
+                context_mask: Optional[Tensor] = None, context_kv: Optional[Tensor] = None) -> Tensor:
         """The v-prediction for latents ``x`` at diffusion time ``t``.
 
         ``context`` may stack k groups of ``x``'s batch (rows ``[g·B, (g+1)·B)`` are group g): the
         result is then ``(k·B, …)``, equal to calling with ``x`` repeated k times, but the layers
         before the first cross-attention run once (classifier-free guidance uses this) - except
-        with ``use_pooled_context``, where every layer's FiLM depends on the context group."""
-        t = self.check_inputs(x, t, context, context_mask)
+        with ``use_pooled_context``, where every layer's FiLM depends on the context group.
+        ``context_kv``: ``context_keys_values(context)`` computed beforehand, for a context that
+        serves many calls (the result is the same)."""
+        t = self.check_inputs(x, t, context, context_mask, context_kv)
         if context_mask is not None:
             context_mask = context_mask.to(torch.bool)
         pooled = None
@@ -415,11 +456,11 @@ class UNet1d(nn.Module):
         x = self.to_in(x, mapping)
         skips_list: List = [x]
         for down in self.downsamples:
-            x, skips = down(x, mapping, context, context_mask)
+            x, skips = down(x, mapping, context, context_mask, context_kv)
             skips_list.append(skips)
-        x = self.bottleneck(x, mapping, context, context_mask)
+        x = self.bottleneck(x, mapping, context, context_mask, context_kv)
         for up in self.upsamples:
-            x = up(x, skips_list.pop(), mapping, context, context_mask)
+            x = up(x, skips_list.pop(), mapping, context, context_mask, context_kv)
         x = x + to_batch(skips_list.pop(), x.shape[0])
         out = self.to_out(x, mapping)
         return out if context is None else to_batch(out, context.shape[0])
