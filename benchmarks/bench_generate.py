@@ -119,13 +119,13 @@ def main(argv=None) -> List[dict]:
     a = p.parse_args(argv)
     windows = [float(w) for w in a.windows.split(",")] if a.windows else \
         ([5, 10, 30, 47, 95.1] if cuda else [3.0, 6.0, 11.9])
-    modes = a.modes.split(",") if a.modes else (["eager", "compile", "graph"] if cuda else ["eager"])
+    modes = a.modes.split(",") if a.modes else (["eager", "compile", "graph"] if cuda else ["eager", "compile"])
     steps = a.steps or (100 if cuda else 50)
     repeats = a.repeats or (1 if a.quick else 3)
     if a.quick:
         windows, steps = windows[:1], min(steps, 10)
     if not cuda:
-        print(f"no CUDA device: CPU figures for the {a.preset!r} preset (eager)")
+        print(f"no CUDA device: CPU figures for the {a.preset!r} preset ({', '.join(modes)})")
     dtype = a.dtype or ("bf16" if cuda else "fp32")
     rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, dtype)
     # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)

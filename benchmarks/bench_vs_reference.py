@@ -10,7 +10,9 @@ The same SA1.0-shaped model and weights run through:
   asked for (``--execution``; on CPU eager and torch.compile, whose compile time is not timed).
 Both use fastaudio's text conditioning (stable-audio-tools' CLAP conditioner needs laion_clap and
 a checkpoint; text encoding is well under 1 % of the time), so the comparison is U-Net step,
-sampling, decoding and end to end. Ratios are computed from timings of the same run.
+sampling, decoding and end to end. Ratios are computed from timings of the same run: the ratio of
+the medians, and the lowest and highest ratio of a single repetition (reference and fastaudio timed
+back to back), which shows how much of a difference this machine's noise could explain.
 
 The reference modules are loaded as tests/reference_impl.py loads them (stable-audio-tools,
 descript-audio-codec and k-diffusion installed with --no-deps; see tests/reference-requirements.txt).
@@ -106,6 +108,9 @@ def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name:
             r[f"sampling_{e}"], r[f"decode_{e}"], r[f"end_to_end_{e}"] = (
                 t["sampling"], t["decoding"], t["total"])
         r["end_to_end_reference"] = r["sampling_reference"] + r["decode_reference"] + t["text_encoding"]
+        for e in pipes:  # the ratio within each repetition: how much of it is noise on this machine
+            for what in ("unet_step", "sampling", "decode", "end_to_end"):
+                r[f"ratio_{what}_{e}"] = r[f"{what}_reference"] / r[f"{what}_{e}"]
         if rep:
             for k, v in r.items():
                 times.setdefault(k, []).append(v)
@@ -113,13 +118,16 @@ def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name:
     for e, p in pipes.items():
         for what in ("unet_step", "sampling", "decode", "end_to_end"):
             ref, ours = med[f"{what}_reference"], med[f"{what}_{e}"]
+            ratios = times[f"ratio_{what}_{e}"]
             row = {"preset": preset, "what": what, "seconds_audio": round(seconds, 2), "frames": frames,
                    "steps": steps, "cfg_scale": cfg_scale, "dtype": dtype_name, "repeats": repeats,
                    "reference_s": round(ref, 4), "fastaudio_s": round(ours, 4),
-                   "speedup": round(ref / ours, 3), "execution": p.execution}
+                   "speedup": round(ref / ours, 3), "execution": p.execution,
+                   "speedup_min": round(min(ratios), 3), "speedup_max": round(max(ratios), 3)}
             rows.append(row)
             print(f"{preset} {p.execution:7s} {what:11s} reference {ref:9.3f} s | "
-                  f"fastaudio {ours:9.3f} s | {ref / ours:6.2f}x")
+                  f"fastaudio {ours:9.3f} s | {ref / ours:6.2f}x "
+                  f"(repetitions {min(ratios):.2f}-{max(ratios):.2f}x)")
     return rows
 
 

@@ -120,12 +120,18 @@ def para_vs_reference(rs):
     for r in e2e:
         mode = r.get("execution")
         line = (f"{mode or '?'}: {r['speedup']:.3g}× end to end "
-                f"({r['reference_s']:.3g} s vs {r['fastaudio_s']:.3g} s)")
+                f"({r['reference_s']:.3g} s vs {r['fastaudio_s']:.3g} s")
+        if "speedup_min" in r:
+            line += f"; single repetitions {r['speedup_min']:.3g}–{r['speedup_max']:.3g}×"
+        line += ")"
         if mode in step:
             line += f", {step[mode]:.3g}× per guided U-Net step"
         lines.append(line)
     best = max(e2e, key=lambda r: r["speedup"])
     verdict = "meets" if best["speedup"] >= target else "misses"
+    if best.get("speedup_min", target) < target <= best.get("speedup_max", 0):
+        verdict += (" (the target lies inside the spread of single repetitions: this machine's noise "
+                    "decides which side of it a run lands)")
     return ("Against stable-audio-tools in the same process, fastaudio runs " + "; ".join(lines) +
             f". The best, {best['speedup']:.3g}×, {verdict} the {target:g}× target for this kind of "
             "device.\n")
@@ -177,7 +183,7 @@ COLUMNS = {
     "decode": (["preset", "seconds_audio", "frames", "dtype", "chunk_frames", "decode_s", "decode_rtf",
                 "peak_memory_mb"], para_decode),
     "vs_reference": (["preset", "what", "seconds_audio", "steps", "dtype", "reference_s", "fastaudio_s",
-                      "speedup", "execution"], para_vs_reference),
+                      "speedup", "speedup_min", "speedup_max", "execution"], para_vs_reference),
     "vs_autoregressive": (["musicgen", "musicgen_params_m", "seconds", "musicgen_s", "musicgen_rtf",
                            "fastaudio_preset", "fastaudio_s", "fastaudio_rtf", "speedup"], para_ar),
     "kernels": (["op", "shape", "variant", "dtype", "ms", "gbs", "bandwidth_fraction", "tflops",
