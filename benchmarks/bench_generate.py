@@ -21,10 +21,11 @@ from common import measured_peaks, peak_memory_mb, reset_peak_memory, save_rows,
 
 
 def unet_tflop(preset: str, frames: int, context_groups: int) -> float:
-    """TFLOP of one guided U-Net call on one item (2 context groups under guidance: the
-    context-free prefix runs once), counted on the meta device."""
+    """TFLOP of one guided U-Net call on one item as the sampler makes it (2 context groups
+    under guidance: the context-free prefix runs once; cross-attention keys/values computed once
+    per prompt), counted on the meta device."""
     from fastaudio.flops import unet_flops
-    return unet_flops(preset, frames, 1, context_groups)["total"] / 1e12
+    return unet_flops(preset, frames, 1, context_groups, cached_context_kv=True)["total"] / 1e12
 
 
 def attention_share(preset: str, frames: int) -> float:

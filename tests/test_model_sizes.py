@@ -59,3 +59,26 @@ def test_unet_flops_match_the_design_figures():
     rest_full, rest_half = (f["total"] - f["attention_core"] for f in (full, half))
     assert abs(rest_half * 2 / rest_full - 1) < 0.02
     assert abs(unet_flops("stable-audio-1.0", 4096, 2)["total"] / full["total"] - 2) < 1e-6
+
+
+def test_cached_keys_values_leave_out_exactly_the_context_projections():
+    """With the cross-attention keys/values passed in, the count drops by the K/V projections:
+    2 · tokens · context features · (2 · heads · head features) per cross-attention layer and
+    context row, counted here from the layer shapes, independently of the flop counter."""
+    import torch
+    from fastaudio.config import preset
+    from fastaudio.flops import unet_flops
+    from fastaudio.models.unet import UNet1d
+    for name, frames, groups in [("stable-audio-1.0", 4096, 2), ("small", 512, 2), ("tiny", 48, 3)]:
+        cfg = preset(name)
+        with torch.device("meta"):
+            unet = UNet1d(cfg.unet)
+        tokens = cfg.unet.context_embedding_max_length
+        projections = groups * sum(2 * tokens * b.cross_attention.to_kv.in_features *
+                                   b.cross_attention.to_kv.out_features
+                                   for b in unet.cross_attention_blocks())
+        full = unet_flops(name, frames, 1, groups)
+        cached = unet_flops(name, frames, 1, groups, cached_context_kv=True)
+        assert projections > 0
+        assert abs(full["total"] - cached["total"] - projections) <= 1e-9 * full["total"], name
+        assert cached["attention_core"] == full["attention_core"]
