@@ -455,3 +455,44 @@ def test_diffusion_loss_errors():
         diffusion_loss(model, x0, ctx, mask, t=torch.rand(3))
     with pytest.raises(LossInputError, match="padding_mask"):
         diffusion_loss(model, x0, ctx, mask, padding_mask=torch.ones(4, 3, dtype=torch.bool))
+
+
+@pytest.mark.reference
+def test_training_config_gives_sa10s_loss_or_an_unweighted_one_with_larger_windows():
+    """vae.perceptual_weighting / vae.fft_sizes: the defaults are SA1.0's loss entry exactly;
+    the unweighted variant equals auraloss's MultiResolutionSTFTLoss with those settings."""
+    from fastaudio.train.config import VAETrainConfig
+    from fastaudio.train.stage_vae import spectral_loss_config
+    default = spectral_loss_config(VAETrainConfig())
+    assert default["config"] == REFERENCE_SPECTRAL_CONFIG["config"]
+    assert default["weights"] == REFERENCE_SPECTRAL_CONFIG["weights"]
+    sizes = [4096, 1024, 64]
+    config = spectral_loss_config(VAETrainConfig(perceptual_weighting=False, fft_sizes=sizes))
+    ref = R.auraloss().freq.MultiResolutionSTFTLoss(
+        sample_rate=SR, fft_sizes=sizes, hop_sizes=[1024, 256, 16], win_lengths=sizes,
+        perceptual_weighting=False)
+    decoded, reals = _stereo_pair(n=9000, seed=3)
+    _, parts = VAEReconstructionLoss(SR, config)(decoded, reals)
+    _close(parts["stft_loss_left"], ref(reals[:, 0:1], decoded[:, 0:1]) / 2)
+    _close(parts["stft_loss_right"], ref(reals[:, 1:2], decoded[:, 1:2]) / 2)
+
+
+def test_a_weighting_hides_a_low_hum_that_the_unweighted_loss_sees():
+    """Why a run without a discriminator drops the weighting: against a 2 kHz tone of the same
+    level, a 50 Hz hum costs the A-weighted loss about a quarter as much, the unweighted loss
+    about as much (measured: 0.26 and 1.07 of the tone's cost)."""
+    from fastaudio.train.config import VAETrainConfig
+    from fastaudio.train.stage_vae import spectral_loss_config
+    g = torch.Generator().manual_seed(4)
+    n = 16384
+    t = torch.arange(n) / SR
+    reals = 0.1 * torch.randn(2, 2, n, generator=g)
+
+    def tone(hz):
+        return 0.1 * math.sqrt(2) * torch.sin(2 * math.pi * hz * t)  # the noise's RMS
+    weighted = VAEReconstructionLoss(SR, spectral_loss_config(VAETrainConfig()))
+    plain = VAEReconstructionLoss(SR, spectral_loss_config(VAETrainConfig(perceptual_weighting=False)))
+
+    def hum_over_tone(loss):
+        return float(loss(reals + tone(50), reals)[0]) / float(loss(reals + tone(2000), reals)[0])
+    assert hum_over_tone(weighted) < 0.5 < 0.8 < hum_over_tone(plain)

@@ -238,6 +238,11 @@ def test_train_config_is_strict():
     with pytest.raises(ConfigError, match="precision"):
         train_config_from_json('{"precision": "fp8"}', base)
     assert isinstance(train_config_from_json('{"steps": 5}', base), TrainConfig)
+    for bad in ('[]', '[4096, 1022]', '[1048576]'):  # none, not a multiple of 4, past the crop
+        with pytest.raises(ConfigError, match="vae.fft_sizes"):
+            train_config_from_json('{"vae": {"fft_sizes": %s}}' % bad, base)
+    with pytest.raises(ConfigError, match="perceptual_weighting"):
+        train_config_from_json('{"vae": {"perceptual_weighting": "no"}}', base)
 
 
 def test_latent_cache_command_feeds_diffusion_training(tmp_path, corpus, tiny_model, capsys):

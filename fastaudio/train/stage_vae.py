@@ -36,6 +36,15 @@ def with_silent_tails(audio: torch.Tensor, prob: float, generators: list) -> tor
     return audio * keep.to(audio.device)
 
 
+def spectral_loss_config(cfg) -> dict:
+    """The spectral loss entry (stable-audio-tools' ``loss_configs["spectral"]`` shape) of a
+    VAETrainConfig: SA1.0's exactly with the defaults."""
+    return {"type": "mrstft", "weights": {"mrstft": 1.0},
+            "config": {"fft_sizes": list(cfg.fft_sizes), "hop_sizes": [f // 4 for f in cfg.fft_sizes],
+                       "win_lengths": list(cfg.fft_sizes),
+                       "perceptual_weighting": bool(cfg.perceptual_weighting)}}
+
+
 class AutoencoderTrainModule(nn.Module):
     def __init__(self, vae, discriminator, recon_loss, cfg):
         super().__init__()
@@ -108,7 +117,8 @@ class VAEStage(ModelStage):
                                 f"downsampling ratio {ratio}")
         self.discriminator = EncodecDiscriminator(in_channels=self.model.config.audio_channels,
                                                   filters=cfg.discriminator_filters).to(trainer.device)
-        self.recon_loss = VAEReconstructionLoss(sample_rate=sr).to(trainer.device)
+        self.recon_loss = VAEReconstructionLoss(sample_rate=sr, config=spectral_loss_config(cfg)).to(
+            trainer.device)
         self.auto = AutoencoderTrainModule(self.model.vae, self.discriminator, self.recon_loss, cfg)
         self.critic = DiscriminatorTrainModule(self.discriminator)
 
