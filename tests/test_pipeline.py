@@ -8,7 +8,7 @@ import reference_impl as R
 from fastaudio import build_model
 from fastaudio.diffusion import sigmas as S
 from fastaudio.diffusion.cuda_graph import StepRunner
-from fastaudio.diffusion.guidance import GuidedV, guided_denoiser
+from fastaudio.diffusion.guidance import GuidedV, guided_denoiser, uncond_context
 from fastaudio.diffusion.samplers import make_plan, run_plan
 from fastaudio.diffusion.schedule import VDenoiser
 from fastaudio.pipeline import GenerationError, StableAudio
@@ -88,25 +88,30 @@ def test_guidance_matches_the_reference_unetcfg1d():
             assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (scale, rescale, negative)
 
 
-def test_new_conditioning_replaces_the_cached_keys_and_values(pipe):
+@pytest.mark.parametrize("scale,negative", [(4.0, False), (4.0, True), (1.0, False)])
+def test_new_conditioning_replaces_the_cached_keys_and_values(pipe, scale, negative):
     """GuidedV projects the context's cross-attention keys/values once; set_conditioning (the
-    CUDA-graph path's way to serve a new prompt) must refresh them, not only the context."""
-    unet = pipe.model.unet
+    CUDA-graph path's way to serve a new prompt) must refresh them, not only the context: the
+    result equals a fresh GuidedV and the U-Net called without any cache."""
+    unet, cond = pipe.model.unet, pipe.model.conditioner
     with torch.no_grad():
-        a, mask_a = pipe.model.conditioner(["a fast drum loop"], 0, 1.0)
-        b, mask_b = pipe.model.conditioner(["a slow piano in D minor, longer"], 0, 1.0)
+        a, mask_a = cond(["a fast drum loop"], 0, 1.0)
+        b, mask_b = cond(["a slow piano in D minor, longer"], 0, 1.0)
+        neg, neg_mask = cond(["noise"], 0, 1.0) if negative else (None, None)
         x, t = torch.randn(1, unet.config.in_channels, 32), torch.tensor([0.4])
-        reused = GuidedV(unet, a, mask_a, 4.0, 0.4)
+        reused = GuidedV(unet, a, mask_a, scale, 0.4, neg, neg_mask)
         first = reused(x, t)
-        reused.set_conditioning(b, mask_b)
-        want = GuidedV(unet, b, mask_b, 4.0, 0.4)(x, t)
-        uncached = unet(x, t, torch.cat([b, unet.null_context(1, b.shape[1])]),
-                        torch.cat([mask_b, mask_b]))  # no keys/values passed: projected per call
+        reused.set_conditioning(b, mask_b, neg, neg_mask)
+        want = GuidedV(unet, b, mask_b, scale, 0.4, neg, neg_mask)(x, t)
         got = reused(x, t)
+        if scale == 1.0:
+            out = unet(x, t, b, mask_b)  # no keys/values passed: projected in the call
+        else:
+            uncond = uncond_context(unet, b, neg, neg_mask)
+            c, u = unet(x, t, torch.cat([b, uncond]), torch.cat([mask_b, mask_b])).chunk(2)
+            out = u + (c - u) * scale
+            out = 0.4 * out * c.std(1, keepdim=True) / out.std(1, keepdim=True) + 0.6 * out
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    cond, uncond = uncached.chunk(2)
-    out = uncond + (cond - uncond) * 4.0
-    out = 0.4 * out * cond.std(1, keepdim=True) / out.std(1, keepdim=True) + 0.6 * out
     torch.testing.assert_close(got, out, rtol=1e-5, atol=1e-6)
     assert (got - first).abs().max() > 1e-4  # the prompts differ, so must the outputs
 

@@ -147,6 +147,13 @@ def test_bad_inputs_are_named():
         unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), ctx, None, kv[:, :40])
     with pytest.raises(UNetInputError, match="context_kv must be"):  # one layer's columns missing
         unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), ctx, None, kv[..., 8:])
+    with pytest.raises(UNetInputError, match="context_kv is torch.float64"):
+        unet(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), ctx, None, kv.double())
+    no_cross = UNet1d(dataclasses.replace(cfg, attentions=[0] * len(cfg.attentions))).eval()
+    with pytest.raises(UNetInputError, match="no cross-attention layers"):
+        no_cross.context_keys_values(ctx)
+    with pytest.raises(UNetInputError, match="without cross-attention layers"):
+        no_cross(torch.randn(1, cfg.in_channels, 32), torch.tensor([0.5]), ctx, None, kv)
 
 
 def test_pooled_context_starts_at_zero_and_ignores_masked_tokens():

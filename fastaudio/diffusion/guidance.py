@@ -37,7 +37,10 @@ class GuidedV:
 
     The batched context, its mask and its cross-attention keys/values live in buffers that
     :meth:`set_conditioning` overwrites in place, so a CUDA graph captured over this function
-    serves every prompt of the same shape.
+    serves every prompt of the same shape. ``forward`` (default: the U-Net) is called as
+    ``forward(x, t, context, mask, context_kv)``, UNet1d.forward's signature, e.g. a
+    ``torch.compile`` of the U-Net. Inference only: the keys/values are computed without
+    gradients.
     """
 
     def __init__(self, unet: UNet1d, context: Tensor, context_mask: Optional[Tensor],

@@ -165,7 +165,12 @@ class TransformerBlock(nn.Module):
         x = x + self.attention(x)
         if self.use_cross_attention:
             x = to_batch(x, context.shape[0])  # shared prefix ends here (see to_batch)
-            kv = None if context_kv is None else context_kv[..., self.kv_columns[0]:self.kv_columns[1]]
+            kv = None
+            if context_kv is not None:
+                if self.kv_columns is None:
+                    raise UNetInputError("context_kv needs the block inside a UNet1d (which assigns "
+                                         "each block its columns)")
+                kv = context_kv[..., self.kv_columns[0]:self.kv_columns[1]]
             x = x + self.cross_attention(x, context, context_mask, kv)
         return x + self.feed_forward(x)
 
@@ -360,7 +365,7 @@ class UNet1d(nn.Module):
         only 0.3 % of SA1.0's at 95 s: a gain for small models and short windows)."""
         blocks = self.cross_attention_blocks()
         if not blocks:
-            raise UNetInputError("this U-Net has no cross-attention (context_embedding_features 0)")
+            raise UNetInputError("this U-Net has no cross-attention layers")
         return torch.cat([b.cross_attention.keys_values(context) for b in blocks], dim=-1)
 
     @torch.no_grad()
@@ -416,6 +421,8 @@ class UNet1d(nn.Module):
             t = t.expand(b)
         if t.shape != (b,):
             raise UNetInputError(f"t must be a scalar or ({b},), got {tuple(t.shape)}")
+        if context_kv is not None and not self.context_kv_features:
+            raise UNetInputError("context_kv given to a U-Net without cross-attention layers")
         if cfg.context_embedding_features:
             if context is None:
                 raise UNetInputError("context is required (use null_context() for none)")
@@ -430,8 +437,14 @@ class UNet1d(nn.Module):
             if context_kv is not None and tuple(context_kv.shape) != want:
                 raise UNetInputError(f"context_kv must be {want} (context_keys_values(context)), "
                                      f"got {tuple(context_kv.shape)}")
-        elif context_kv is not None:
-            raise UNetInputError("context_kv given to a U-Net without cross-attention")
+            # the cache must be what context_keys_values(context) gives here (under autocast the
+            # projections' dtype differs from the context's, so only the device is checked then)
+            autocast = torch.is_autocast_enabled(x.device.type)
+            if context_kv is not None and (context_kv.device != context.device or
+                                           (not autocast and context_kv.dtype != context.dtype)):
+                raise UNetInputError(f"context_kv is {context_kv.dtype} on {context_kv.device}, the "
+                                     f"context {context.dtype} on {context.device}: compute it from "
+                                     "this context with context_keys_values")
         return t
 
     def forward(self, x: Tensor, t: Tensor, context: Optional[Tensor] = None,
