@@ -439,7 +439,8 @@ class UNet1d(nn.Module):
                                      f"got {tuple(context_kv.shape)}")
             # the cache must be what context_keys_values(context) gives here (under autocast the
             # projections' dtype differs from the context's, so only the device is checked then)
-            autocast = torch.is_autocast_enabled(x.device.type)
+            device = x.device.type  # the meta device (FLOP counting) has no autocast to ask
+            autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
             if context_kv is not None and (context_kv.device != context.device or
                                            (not autocast and context_kv.dtype != context.dtype)):
                 raise UNetInputError(f"context_kv is {context_kv.dtype} on {context_kv.device}, the "
