@@ -353,8 +353,9 @@ class Trainer:
                 try:
                     D.unwrap(g.wrapped).load_state_dict(entry["model"])
                 except RuntimeError as e:
-                    # e.g. a run from --preset small started before the preset gained
-                    # unet.use_pooled_context: name it instead of a wall of key names
+                    # the code's architecture changed since the run started (e.g. a --preset
+                    # small run of a88a94f, when the preset briefly had unet.use_pooled_context):
+                    # name it instead of a wall of key names
                     first = str(e).strip().splitlines()[0]
                     raise TrainingError(f"checkpoint step {step} does not fit {g.name!r}: the model's "
                                         f"architecture differs from the run's ({first})") from None
