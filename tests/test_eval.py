@@ -6,8 +6,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from fastaudio.eval.attributes import (FamilyClassifier, KeyTemplates, chroma, estimate_tempo,
-                                       parse_key, tempo_correct)
+from fastaudio.eval.attributes import (FamilyClassifier, KeyTemplates, chroma, chroma_agreement,
+                                       estimate_tempo, frame_chroma, parse_key, tempo_correct)
 from fastaudio.eval.metrics import (detect_end, frechet_distance, mean_kl, mrstft_distance, si_sdr,
                                     timing_table)
 
@@ -85,6 +85,47 @@ def test_key_templates_fitted_on_examples_recover_the_key():
                            [f"{names[pc]} {m}" for pc, m in train])
     for pc, m in [(2, "minor"), (7, "major"), (10, "minor")]:
         assert parse_key(tpl.predict(chroma(_chord_audio(pc, m), SR))) == (pc, m)
+
+
+def _melody(semitones, seconds_per_note=0.5, rng=None):
+    """Notes (semitones from A3 = 220 Hz) with two harmonics, one after another, stereo."""
+    rng = rng or np.random.default_rng()
+    n = int(seconds_per_note * SR)
+    t = np.arange(n) / SR
+    notes = []
+    for s in semitones:
+        f = 220 * 2 ** (s / 12)
+        notes.append(np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3)) + 0.4 * np.sin(4 * np.pi * f * t))
+    x = 0.2 * np.concatenate(notes)
+    return torch.tensor(np.stack([x, x]), dtype=torch.float32)
+
+
+def test_frame_chroma_finds_the_sounding_pitch_class():
+    x = _melody([0, 3, 7])  # A, C, E for half a second each
+    c = frame_chroma(x, SR)
+    hop_s = 2048 / SR
+    for k, pc in enumerate((9, 0, 4)):  # the middle of each note, far from its neighbours' windows
+        frame = int(round((0.5 * k + 0.25) / hop_s))
+        assert int(np.argmax(c[frame])) == pc, (k, c[frame])
+    # the whole-clip chroma is the frames' sum, normalised
+    np.testing.assert_allclose(chroma(x, SR), c.sum(0) / c.sum(), rtol=1e-5)  # float32 sums
+
+
+def test_chroma_agreement_sees_notes_not_levels():
+    rng = np.random.default_rng()
+    notes = list(rng.integers(0, 24, size=9))
+    x = _melody(notes, rng=rng)
+    assert chroma_agreement(x, x, SR) > 0.999
+    assert chroma_agreement(0.3 * x, x, SR) > 0.999  # a level change keeps every note
+    # the same rhythm a tritone away keeps none of them; so does noise with the clip's envelope
+    shifted = _melody([n + 6 for n in notes], rng=rng)
+    assert chroma_agreement(shifted, x, SR) < 0.2
+    noise = torch.tensor(rng.normal(size=x.shape), dtype=torch.float32) * x.abs().mean()
+    assert abs(chroma_agreement(noise, x, SR)) < 0.2
+    # half the notes kept: in between
+    half = _melody([n if k % 2 == 0 else n + 6 for k, n in enumerate(notes)], rng=rng)
+    assert 0.25 < chroma_agreement(half, x, SR) < 0.85
+    assert chroma_agreement(x, torch.zeros_like(x), SR) is None  # nothing to keep
 
 
 def test_latent_features_use_only_the_clip_frames():
@@ -206,6 +247,9 @@ def test_vae_bounds_find_a_decoder_that_fills_silence():
     clean, hum = vae_bounds(_StubVAE(0.0), clips, SR, 4.0), vae_bounds(_StubVAE(0.05), clips, SR, 4.0)
     assert clean["vae_end_error_s"] < 0.06 and clean["vae_end_within_1s"] == 1.0, clean
     assert clean["vae_mrstft"] < 1e-3 and clean["vae_si_sdr_db"] > 60, clean
+    assert clean["vae_chroma_agreement"] > 0.999, clean  # an exact round trip keeps every note
+    # white noise has no notes: unrelated clips and a hummed round trip score near zero
+    assert abs(clean["vae_chroma_agreement_unrelated"]) < 0.3, clean
     # a hum 20 dB under the music: the -40 dB detector hears sound to the window's end
     assert hum["vae_end_error_s"] > 1.3 and hum["vae_end_within_1s"] < 0.5, hum
     long_clip = vae_bounds(_StubVAE(0.0), [0.5 * torch.randn(2, int(SR * 3.5), generator=g)], SR, 4.0)

@@ -2,7 +2,8 @@
 
 * tempo: onset-strength autocorrelation (log-mel spectral flux), the peak between 50 and 200 BPM;
 * key: chroma (80–1000 Hz, where the fundamentals are) correlated with major/minor templates
-  fitted on the corpus's own training audio (:class:`KeyTemplates`);
+  fitted on the corpus's own training audio (:class:`KeyTemplates`); frame by frame, the same
+  chroma tells how much pitch content a reconstruction keeps (:func:`chroma_agreement`);
 * instrument family: a small logistic-regression classifier on log-mel statistics, trained on
   the corpus's own training audio (:class:`FamilyClassifier`). Its class probabilities also give
   the paper's KL metric.
@@ -91,18 +92,61 @@ def tempo_class(bpm: float) -> str:
 # Key
 # ---------------------------------------------------------------------------------------------
 
+def _pitch_class_power(power: np.ndarray, sample_rate: int, n_fft: int, fmin: float,
+                       fmax: float, per_bin: bool = False) -> np.ndarray:
+    """Fold STFT power (bins, ...) into 12 pitch classes (0 = C) over [fmin, fmax]: summed, or
+    with ``per_bin`` averaged over each class's bins (then white noise reads flat - the classes
+    hold unequal numbers of linearly spaced bins)."""
+    freqs = np.arange(power.shape[0]) * sample_rate / n_fft
+    band = (freqs >= fmin) & (freqs <= fmax)
+    pcs = (np.round(12 * np.log2(freqs[band] / 440.0)).astype(int) + 9) % 12  # 440 Hz = A = 9
+    out = np.zeros((12,) + power.shape[1:])
+    np.add.at(out, pcs, power[band])
+    if per_bin:
+        counts = np.bincount(pcs, minlength=12).reshape((12,) + (1,) * (power.ndim - 1))
+        out = out / np.maximum(counts, 1)
+    return out
+
+
 def chroma(audio: Tensor, sample_rate: int, fmin: float = 80.0, fmax: float = 1000.0) -> np.ndarray:
     """12-bin power chroma over the band that holds the fundamentals, normalised to sum 1."""
     n_fft = 8192
     mag = stft_magnitude(_mono(audio)[None], n_fft, 2048)[0]  # (bins, frames)
-    power = mag.pow(2).sum(1).double().numpy()
-    freqs = np.arange(len(power)) * sample_rate / n_fft
-    band = (freqs >= fmin) & (freqs <= fmax)
-    pcs = np.round(12 * np.log2(freqs[band] / 440.0)).astype(int) % 12  # 0 = A
-    out = np.zeros(12)
-    np.add.at(out, (pcs + 9) % 12, power[band])  # rotate so that 0 = C
+    out = _pitch_class_power(mag.pow(2).sum(1).double().numpy(), sample_rate, n_fft, fmin, fmax)
     total = out.sum()
     return out / total if total > 0 else out
+
+
+def frame_chroma(audio: Tensor, sample_rate: int, fmin: float = 80.0, fmax: float = 1000.0,
+                 n_fft: int = 8192, hop: int = 2048, per_bin: bool = False) -> np.ndarray:
+    """Power chroma per STFT frame, (frames, 12): which pitch classes sound at each moment."""
+    mag = stft_magnitude(_mono(audio)[None], n_fft, hop)[0]
+    return _pitch_class_power(mag.pow(2).double().numpy(), sample_rate, n_fft, fmin, fmax, per_bin).T
+
+
+def chroma_agreement(estimate: Tensor, reference: Tensor, sample_rate: int,
+                     floor_db: float = -40.0) -> Optional[float]:
+    """How much of the reference's pitch content the estimate keeps, frame by frame: the mean
+    Pearson correlation of the two frames' chroma (log-compressed), over the reference's frames
+    within ``floor_db`` of its loudest. 1 = the same notes at the same moments; about 0 = pitch
+    unrelated (noise scores ~0: the chroma is power per bin, so noise reads flat, and its shape,
+    not its level, is compared). None when the reference has no such frame. Both clips are cut to the shorter."""
+    n = min(estimate.shape[-1], reference.shape[-1])
+    est = frame_chroma(estimate[..., :n], sample_rate, per_bin=True)
+    ref = frame_chroma(reference[..., :n], sample_rate, per_bin=True)
+    energy = ref.sum(1)
+    if energy.max() <= 0:
+        return None
+    keep = energy >= energy.max() * 10 ** (floor_db / 10)
+    scores = []
+    for e, r in zip(est[keep], ref[keep]):
+        e = np.log1p(12 * e / max(e.sum(), 1e-20))
+        r = np.log1p(12 * r / max(r.sum(), 1e-20))
+        if e.std() > 0 and r.std() > 0:
+            scores.append(float(np.corrcoef(e, r)[0, 1]))
+        else:
+            scores.append(0.0)  # a silent or flat estimate keeps none of the notes
+    return float(np.mean(scores))
 
 
 def parse_key(key: str) -> tuple:

@@ -30,8 +30,8 @@ import torch
 from ..audio import write_audio
 from ..data.manifest import AudioItem
 from ..errors import FastAudioError
-from .attributes import (FamilyClassifier, KeyTemplates, chroma, estimate_tempo, family_label,
-                         latent_features, parse_key, tempo_class, tempo_correct, timbre_features)
+from .attributes import (FamilyClassifier, KeyTemplates, chroma, chroma_agreement, estimate_tempo,
+                         family_label, latent_features, parse_key, tempo_class, tempo_correct, timbre_features)
 from .embedders import CLAPEmbedder, MelEmbedder
 from .metrics import detect_end, frechet_distance, mean_kl, mrstft_distance, si_sdr, timing_table
 
@@ -189,8 +189,10 @@ def vae_bounds(vae, clips: Sequence[torch.Tensor], sample_rate: int, window: flo
     """The VAE's bounds on real clips (each (2, n) and at most the window long): reconstruction
     (SI-SDR, MR-STFT over the clip), and, for clips that end at least 1 s before the window's end,
     padded with silence as training pads them, how far the detected end moves in the round trip -
-    the timing table cannot be better than this."""
-    sdr, dist, end_err = [], [], []
+    the timing table cannot be better than this; and how much pitch content survives
+    (:func:`chroma_agreement` of each reconstruction with its clip, beside the same figure for
+    each clip against the next one - what unrelated music scores)."""
+    sdr, dist, end_err, pitch, pitch_chance = [], [], [], [], []
     n_window = int(window * sample_rate)
     with torch.no_grad():
         for ref in clips:
@@ -198,11 +200,19 @@ def vae_bounds(vae, clips: Sequence[torch.Tensor], sample_rate: int, window: flo
             rec = vae.decode(vae.encode(padded[None].to(device, dtype)))[0, :, :n_window].float().cpu()
             sdr.append(float(si_sdr(rec[:, : ref.shape[-1]], ref)))
             dist.append(mrstft_distance(rec[:, : ref.shape[-1]], ref))
+            pitch.append(chroma_agreement(rec[:, : ref.shape[-1]], ref, sample_rate))
             if ref.shape[-1] <= n_window - sample_rate:
                 end_err.append(abs(detect_end(rec, sample_rate) - detect_end(padded, sample_rate)))
-    mean = lambda xs: float(np.mean(xs)) if xs else None  # noqa: E731
+    if len(clips) > 1:
+        pitch_chance = [chroma_agreement(other, ref, sample_rate)
+                        for ref, other in zip(clips, list(clips[1:]) + [clips[0]])]
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return float(np.mean(xs)) if xs else None
     return {"vae_si_sdr_db": mean(sdr), "vae_mrstft": mean(dist), "vae_end_error_s": mean(end_err),
-            "vae_end_within_1s": mean([e <= 1.0 for e in end_err])}
+            "vae_end_within_1s": mean([e <= 1.0 for e in end_err]),
+            "vae_chroma_agreement": mean(pitch), "vae_chroma_agreement_unrelated": mean(pitch_chance)}
 
 
 def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Optional[str] = None,
@@ -331,6 +341,10 @@ def format_markdown(named: Dict[str, Dict]) -> str:
     for key, title in (("vae_si_sdr_db", "VAE reconstruction SI-SDR (dB) ↑"), ("vae_mrstft", "VAE reconstruction MR-STFT ↓"),
                        ("vae_end_error_s", "VAE round trip: error of the detected end (s) ↓")):
         lines.append(f"| {title} | " + " | ".join(f(named[n].get(key)) for n in names) + " | – | – | – |")
+    # pitch kept frame by frame; "chance" is what two unrelated real clips score
+    lines.append("| VAE round trip: pitch kept (chroma agreement, 1 = all) ↑ | " + " | ".join(
+        f(named[n].get("vae_chroma_agreement")) for n in names)
+        + f" | – | – | {f(first.get('vae_chroma_agreement_unrelated'))} |")
     lines.append("| VAE round trip: end found within 1 s ↑ | " + " | ".join(
         f(named[n].get("vae_end_within_1s"), True) for n in names) + " | – | – | – |")
     return "\n".join(lines) + "\n"
