@@ -50,6 +50,12 @@ class VAETrainConfig:
     # without one does not; a larger FFT resolves low fundamentals (4096: 10.8 Hz bins).
     perceptual_weighting: bool = True
     fft_sizes: List[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128, 64, 32])
+    # Whose magnitudes normalise the spectral convergence ‖|D|−|R|‖/‖·‖: "decoded" as
+    # stable-audio-tools computes it (reals passed in the loss's input slot), or "reals". Over the
+    # decoded audio the term cannot exceed ~1 however loud the output, so without SA1.0's
+    # discriminator a decoder learns to add cheap energy: a DC offset of 13x the music's rms costs
+    # less than replacing the music with noise (tests/test_losses.py).
+    spectral_convergence_over: str = "decoded"
     discriminator_optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=1e-4, betas=[0.8, 0.99], schedule="exponential"))
 
@@ -123,6 +129,9 @@ class TrainConfig:
                                                   and f % 4 == 0 for f in self.vae.fft_sizes),
                  "vae.fft_sizes", f"one or more window sizes, multiples of 4 (hops are a quarter) "
                  f"from 8 to vae.sample_size ({self.vae.sample_size}), got {self.vae.fft_sizes}")
+            need(self.vae.spectral_convergence_over in ("decoded", "reals"),
+                 "vae.spectral_convergence_over", f"'decoded' (SA1.0's) or 'reals', got "
+                 f"{self.vae.spectral_convergence_over!r}")
         need(self.data.on_bad in ("skip", "fail"), "data.on_bad", "skip or fail")
         for key, o in (("optim", self.optim), ("vae.discriminator_optim", self.vae.discriminator_optim)):
             need(o.schedule in ("constant", "exponential", "cosine"), f"{key}.schedule",

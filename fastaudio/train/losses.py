@@ -268,9 +268,13 @@ class VAEReconstructionLoss(nn.Module):
 
     ``convention``: ``"sa1.0"`` (auraloss 0.4.0, whole-batch spectral convergence: what trained
     SA1.0's VAE) or ``"sat-0.0.19"`` (the per-item copy in today's stable-audio-tools).
+    ``sc_over``: ``"decoded"`` (the reference's argument order, see the module docstring) or
+    ``"reals"`` (spectral convergence normalised by the real audio, as auraloss intends; the other
+    terms are symmetric, so only that normalisation changes).
     """
 
-    def __init__(self, sample_rate: float, config: Optional[dict] = None, convention: str = "sa1.0"):
+    def __init__(self, sample_rate: float, config: Optional[dict] = None, convention: str = "sa1.0",
+                 sc_over: str = "decoded"):
         super().__init__()
         config = REFERENCE_SPECTRAL_CONFIG if config is None else config
         unknown = set(config) - {"type", "config", "weights", "decay"}
@@ -291,8 +295,10 @@ class VAEReconstructionLoss(nn.Module):
             raise LossInputError(f"spectral.weights must be exactly {{'mrstft': w}}, got {weights}")
         if convention not in CONVENTIONS:
             raise LossInputError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        if sc_over not in ("decoded", "reals"):
+            raise LossInputError(f"sc_over must be 'decoded' or 'reals', got {sc_over!r}")
         self.weight = float(weights["mrstft"])
-        self.convention = convention
+        self.convention, self.sc_over = convention, sc_over
         self.mrstft = MultiResolutionSTFTLoss(sample_rate=sample_rate,
                                               per_item_sc=convention == "sat-0.0.19", **stft)
 
@@ -302,8 +308,9 @@ class VAEReconstructionLoss(nn.Module):
                                  f"got {tuple(decoded.shape)} and {tuple(reals.shape)}")
         w = self.weight
         # stable-audio-tools passes reals as the loss's *input* and decoded as its *target*
-        # (see the module docstring): keep that, it decides the spectral-convergence norm.
-        inp, tgt = reals, decoded
+        # (see the module docstring): by default keep that, it decides the spectral-convergence
+        # norm (the target's); sc_over="reals" swaps the slots.
+        inp, tgt = (reals, decoded) if self.sc_over == "decoded" else (decoded, reals)
         if decoded.shape[1] == 1:
             parts = {"mrstft_loss": w * self.mrstft(inp, tgt)}
         elif decoded.shape[1] == 2:

@@ -117,8 +117,8 @@ class VAEStage(ModelStage):
                                 f"downsampling ratio {ratio}")
         self.discriminator = EncodecDiscriminator(in_channels=self.model.config.audio_channels,
                                                   filters=cfg.discriminator_filters).to(trainer.device)
-        self.recon_loss = VAEReconstructionLoss(sample_rate=sr, config=spectral_loss_config(cfg)).to(
-            trainer.device)
+        self.recon_loss = VAEReconstructionLoss(sample_rate=sr, config=spectral_loss_config(cfg),
+                                                sc_over=cfg.spectral_convergence_over).to(trainer.device)
         self.auto = AutoencoderTrainModule(self.model.vae, self.discriminator, self.recon_loss, cfg)
         self.critic = DiscriminatorTrainModule(self.discriminator)
 
