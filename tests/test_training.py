@@ -259,6 +259,8 @@ def test_train_config_is_strict():
             train_config_from_json('{"vae": {"fft_sizes": %s}}' % bad, vae)
     with pytest.raises(ConfigError, match="perceptual_weighting"):
         train_config_from_json('{"vae": {"perceptual_weighting": "no"}}', vae)
+    with pytest.raises(ConfigError, match="vae.spectral_convergence_over"):
+        train_config_from_json('{"vae": {"spectral_convergence_over": "target"}}', vae)
     # other stages never build the spectral loss: a short VAE crop there is not an error
     assert train_config_from_json('{"vae": {"sample_size": 1024}}', base).vae.sample_size == 1024
 
