@@ -259,6 +259,8 @@ def test_train_config_is_strict():
             train_config_from_json('{"vae": {"fft_sizes": %s}}' % bad, vae)
     with pytest.raises(ConfigError, match="perceptual_weighting"):
         train_config_from_json('{"vae": {"perceptual_weighting": "no"}}', vae)
+    with pytest.raises(ConfigError, match="vae.kl_warmup_steps"):
+        train_config_from_json('{"vae": {"kl_warmup_steps": -1}}', vae)
     with pytest.raises(ConfigError, match="vae.spectral_convergence_over"):
         train_config_from_json('{"vae": {"spectral_convergence_over": "target"}}', vae)
     # other stages never build the spectral loss: a short VAE crop there is not an error
@@ -374,3 +376,14 @@ def test_add_pooled_context_is_refused_where_it_cannot_apply(tmp_path, corpus, t
     assert main(["train", "diffusion", "--out", str(run), "--resume", "--add-pooled-context",
                  "--steps", "2", "--no-progress"]) == 2
     assert "was not given when the run started" in capsys.readouterr().err
+
+
+def test_kl_weight_ramps_over_the_warmup_then_holds():
+    from fastaudio.train.config import VAETrainConfig
+    from fastaudio.train.stage_vae import kl_weight_at
+    none = VAETrainConfig(kl_weight=1e-4)
+    assert [kl_weight_at(none, s) for s in (0, 10, 10 ** 6)] == [1e-4] * 3  # SA1.0: no ramp
+    ramp = VAETrainConfig(kl_weight=1e-4, kl_warmup_steps=400)
+    got = [kl_weight_at(ramp, s) for s in (0, 100, 200, 400, 401, 5000)]
+    assert got[0] == 0.0 and got[3:] == [1e-4] * 3
+    assert abs(got[1] - 2.5e-5) < 1e-18 and abs(got[2] - 5e-5) < 1e-18

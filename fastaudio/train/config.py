@@ -34,6 +34,11 @@ class VAETrainConfig:
     sample_size: int = 65536
     mrstft_weight: float = 1.0
     kl_weight: float = 1e-6
+    # Steps over which the KL weight ramps linearly from 0 to kl_weight (0: none, as SA1.0). Early
+    # on the decoder barely depends on the latents, so the KL term is the encoder's only real
+    # gradient and (Adam normalising its size) pushes every channel to the prior: the latents
+    # collapse to noise and the decoder learns to ignore them.
+    kl_warmup_steps: int = 0
     adversarial_weight: float = 0.1
     feature_matching_weight: float = 5.0
     use_discriminator: bool = True
@@ -124,6 +129,7 @@ class TrainConfig:
              "diffusion.demo_seconds", "needs one duration per demo prompt")
         need(self.vae.sample_size > 0, "vae.sample_size", "must be positive")
         need(0 <= self.vae.silence_tail_prob <= 1, "vae.silence_tail_prob", "in [0, 1]")
+        need(self.vae.kl_warmup_steps >= 0, "vae.kl_warmup_steps", "0 (none) or more")
         if self.stage == "vae":  # the other stages never build the spectral loss
             need(bool(self.vae.fft_sizes) and all(isinstance(f, int) and 8 <= f <= self.vae.sample_size
                                                   and f % 4 == 0 for f in self.vae.fft_sizes),

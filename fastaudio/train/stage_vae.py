@@ -45,6 +45,13 @@ def spectral_loss_config(cfg) -> dict:
                        "perceptual_weighting": bool(cfg.perceptual_weighting)}}
 
 
+def kl_weight_at(cfg, step: int) -> float:
+    """The KL weight at ``step`` (0-based): ramps linearly over ``kl_warmup_steps``, then holds."""
+    if cfg.kl_warmup_steps <= 0:
+        return cfg.kl_weight
+    return cfg.kl_weight * min(1.0, step / cfg.kl_warmup_steps)
+
+
 class AutoencoderTrainModule(nn.Module):
     def __init__(self, vae, discriminator, recon_loss, cfg):
         super().__init__()
@@ -72,8 +79,11 @@ class AutoencoderTrainModule(nn.Module):
         kl = kl_divergence(mean, std)
         recon = self.vae.decoder(z)[..., : audio.shape[-1]]
         rec, parts = self.recon_loss(recon, audio)
-        loss = cfg.mrstft_weight * rec + cfg.kl_weight * kl
+        kl_weight = kl_weight_at(cfg, ctx.step)
+        loss = cfg.mrstft_weight * rec + kl_weight * kl
         logs = {"mrstft": rec.detach(), "kl": kl.detach(), **{k: v.detach() for k, v in parts.items()}}
+        if cfg.kl_warmup_steps:
+            logs["kl_weight"] = torch.tensor(kl_weight)
         ctx.cache[ctx.micro] = {"reals": audio, "fakes": recon.detach()}
         if cfg.use_discriminator and ctx.step >= cfg.discriminator_start:
             critic = self._critic[0]
