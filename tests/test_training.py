@@ -259,8 +259,9 @@ def test_train_config_is_strict():
             train_config_from_json('{"vae": {"fft_sizes": %s}}' % bad, vae)
     with pytest.raises(ConfigError, match="perceptual_weighting"):
         train_config_from_json('{"vae": {"perceptual_weighting": "no"}}', vae)
-    with pytest.raises(ConfigError, match="vae.kl_warmup_steps"):
-        train_config_from_json('{"vae": {"kl_warmup_steps": -1}}', vae)
+    for key in ("kl_warmup_steps", "noise_warmup_steps"):
+        with pytest.raises(ConfigError, match=f"vae.{key}"):
+            train_config_from_json('{"vae": {"%s": -1}}' % key, vae)
     with pytest.raises(ConfigError, match="vae.spectral_convergence_over"):
         train_config_from_json('{"vae": {"spectral_convergence_over": "target"}}', vae)
     # other stages never build the spectral loss: a short VAE crop there is not an error
@@ -387,3 +388,28 @@ def test_kl_weight_ramps_over_the_warmup_then_holds():
     got = [kl_weight_at(ramp, s) for s in (0, 100, 200, 400, 401, 5000)]
     assert got[0] == 0.0 and got[3:] == [1e-4] * 3
     assert abs(got[1] - 2.5e-5) < 1e-18 and abs(got[2] - 5e-5) < 1e-18
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_posterior_noise_ramps_in_over_the_noise_warmup(warmup):
+    """With vae.noise_warmup_steps the decoder sees the posterior mean at step 0 and mean +
+    (step/N)·std·ε after; without it, mean + std·ε from the start."""
+    import fastaudio
+    from fastaudio.train.config import VAETrainConfig
+    from fastaudio.train.stage_vae import AutoencoderTrainModule
+    from fastaudio.train.trainer import StepContext
+    from fastaudio.models.vae import vae_bottleneck
+    model = fastaudio.build_model("tiny", seed=0)
+    cfg = VAETrainConfig(kl_weight=0.0, noise_warmup_steps=warmup, use_discriminator=False)
+    seen = []
+    module = AutoencoderTrainModule(model.vae, None, lambda d, r: (d.abs().mean(), {}), cfg)
+    model.vae.decoder.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    audio = torch.randn(2, 2, 4096, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, mean, std = vae_bottleneck(model.vae.encoder(audio), False)
+        for step in (0, 2, 4, 8):
+            module({"audio": audio}, StepContext(step, 0, 0, [0, 1], {}, 0))
+    noise = (seen[-1] - mean) / std  # full noise at step 8 either way: recover ε
+    for z, step in zip(seen, (0, 2, 4, 8)):
+        scale = min(1.0, step / warmup) if warmup else 1.0
+        torch.testing.assert_close(z, mean + scale * std * noise, rtol=1e-4, atol=1e-5)

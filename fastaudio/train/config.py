@@ -39,6 +39,12 @@ class VAETrainConfig:
     # gradient and (Adam normalising its size) pushes every channel to the prior: the latents
     # collapse to noise and the decoder learns to ignore them.
     kl_warmup_steps: int = 0
+    # Steps over which the posterior noise std·ε added to the mean ramps from 0 to full (0: none,
+    # as SA1.0). A freshly initialised encoder's means are tiny against its initial std (~0.7), so
+    # the decoder first sees pure noise and learns to ignore the latents (the small preset's:
+    # ~0 bits per frame after 250 steps with or without the KL term); starting as a plain
+    # autoencoder lets the decoder learn to read them first.
+    noise_warmup_steps: int = 0
     adversarial_weight: float = 0.1
     feature_matching_weight: float = 5.0
     use_discriminator: bool = True
@@ -130,6 +136,7 @@ class TrainConfig:
         need(self.vae.sample_size > 0, "vae.sample_size", "must be positive")
         need(0 <= self.vae.silence_tail_prob <= 1, "vae.silence_tail_prob", "in [0, 1]")
         need(self.vae.kl_warmup_steps >= 0, "vae.kl_warmup_steps", "0 (none) or more")
+        need(self.vae.noise_warmup_steps >= 0, "vae.noise_warmup_steps", "0 (none) or more")
         if self.stage == "vae":  # the other stages never build the spectral loss
             need(bool(self.vae.fft_sizes) and all(isinstance(f, int) and 8 <= f <= self.vae.sample_size
                                                   and f % 4 == 0 for f in self.vae.fft_sizes),

@@ -45,11 +45,14 @@ def spectral_loss_config(cfg) -> dict:
                        "perceptual_weighting": bool(cfg.perceptual_weighting)}}
 
 
+def ramp(step: int, steps: int) -> float:
+    """0 → 1 linearly over ``steps`` (0-based step), then 1; always 1 when ``steps`` is 0."""
+    return 1.0 if steps <= 0 else min(1.0, step / steps)
+
+
 def kl_weight_at(cfg, step: int) -> float:
-    """The KL weight at ``step`` (0-based): ramps linearly over ``kl_warmup_steps``, then holds."""
-    if cfg.kl_warmup_steps <= 0:
-        return cfg.kl_weight
-    return cfg.kl_weight * min(1.0, step / cfg.kl_warmup_steps)
+    """The KL weight at ``step``: ramps over ``kl_warmup_steps``, then holds."""
+    return cfg.kl_weight * ramp(step, cfg.kl_warmup_steps)
 
 
 class AutoencoderTrainModule(nn.Module):
@@ -75,7 +78,8 @@ class AutoencoderTrainModule(nn.Module):
         std = torch.nn.functional.softplus(scale) + 1e-4
         gens = [sample_generator(ctx.seed, 2, i) for i in ctx.indices]
         noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(mean)
-        z = mean + std * noise
+        z = mean + std * noise if not cfg.noise_warmup_steps else \
+            mean + ramp(ctx.step, cfg.noise_warmup_steps) * std * noise
         kl = kl_divergence(mean, std)
         recon = self.vae.decoder(z)[..., : audio.shape[-1]]
         rec, parts = self.recon_loss(recon, audio)
