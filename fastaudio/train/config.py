@@ -34,16 +34,13 @@ class VAETrainConfig:
     sample_size: int = 65536
     mrstft_weight: float = 1.0
     kl_weight: float = 1e-6
-    # Steps over which the KL weight ramps linearly from 0 to kl_weight (0: none, as SA1.0). Early
-    # on the decoder barely depends on the latents, so the KL term is the encoder's only real
-    # gradient and (Adam normalising its size) pushes every channel to the prior: the latents
-    # collapse to noise and the decoder learns to ignore them.
+    # Steps over which the KL weight ramps linearly from 0 to kl_weight (0: none, as SA1.0): the
+    # usual guard against posterior collapse. (On the small preset it did not prevent one: fresh
+    # runs collapse within 500 steps even with the KL term off - README, "Training".)
     kl_warmup_steps: int = 0
     # Steps over which the posterior noise std·ε added to the mean ramps from 0 to full (0: none,
-    # as SA1.0). A freshly initialised encoder's means are tiny against its initial std (~0.7), so
-    # the decoder first sees pure noise and learns to ignore the latents (the small preset's:
-    # ~0 bits per frame after 250 steps with or without the KL term); starting as a plain
-    # autoencoder lets the decoder learn to read them first.
+    # as SA1.0), so the decoder first sees the plain means: a fresh encoder's means are tiny
+    # against its initial std (~0.7). Also did not prevent the small preset's collapse.
     noise_warmup_steps: int = 0
     adversarial_weight: float = 0.1
     feature_matching_weight: float = 5.0
