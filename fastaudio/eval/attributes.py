@@ -130,7 +130,8 @@ def chroma_agreement(estimate: Tensor, reference: Tensor, sample_rate: int,
     Pearson correlation of the two frames' chroma (log-compressed), over the reference's frames
     within ``floor_db`` of its loudest. 1 = the same notes at the same moments; about 0 = pitch
     unrelated (noise scores ~0: the chroma is power per bin, so noise reads flat, and its shape,
-    not its level, is compared). None when the reference has no such frame. Both clips are cut to the shorter."""
+    not its level, is compared). None when the reference has no such frame. Both clips are cut
+    to the shorter."""
     n = min(estimate.shape[-1], reference.shape[-1])
     est = frame_chroma(estimate[..., :n], sample_rate, per_bin=True)
     ref = frame_chroma(reference[..., :n], sample_rate, per_bin=True)

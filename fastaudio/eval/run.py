@@ -31,7 +31,8 @@ from ..audio import write_audio
 from ..data.manifest import AudioItem
 from ..errors import FastAudioError
 from .attributes import (FamilyClassifier, KeyTemplates, chroma, chroma_agreement, estimate_tempo,
-                         family_label, latent_features, parse_key, tempo_class, tempo_correct, timbre_features)
+                         family_label, latent_features, parse_key, tempo_class, tempo_correct,
+                         timbre_features)
 from .embedders import CLAPEmbedder, MelEmbedder
 from .metrics import detect_end, frechet_distance, mean_kl, mrstft_distance, si_sdr, timing_table
 

@@ -78,8 +78,7 @@ class AutoencoderTrainModule(nn.Module):
         std = torch.nn.functional.softplus(scale) + 1e-4
         gens = [sample_generator(ctx.seed, 2, i) for i in ctx.indices]
         noise = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(mean)
-        z = mean + std * noise if not cfg.noise_warmup_steps else \
-            mean + ramp(ctx.step, cfg.noise_warmup_steps) * std * noise
+        z = mean + ramp(ctx.step, cfg.noise_warmup_steps) * std * noise  # ramp is 1 without warm-up
         kl = kl_divergence(mean, std)
         recon = self.vae.decoder(z)[..., : audio.shape[-1]]
         rec, parts = self.recon_loss(recon, audio)
