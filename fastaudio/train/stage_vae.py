@@ -19,7 +19,7 @@ from torch import nn
 
 from ..models.vae import kl_divergence
 from .stage_common import ModelStage
-from .trainer import StepContext, UpdateGroup, sample_generator
+from .trainer import StepContext, UpdateGroup, ramp, sample_generator
 
 
 def with_silent_tails(audio: torch.Tensor, prob: float, generators: list) -> torch.Tensor:
@@ -43,11 +43,6 @@ def spectral_loss_config(cfg) -> dict:
             "config": {"fft_sizes": list(cfg.fft_sizes), "hop_sizes": [f // 4 for f in cfg.fft_sizes],
                        "win_lengths": list(cfg.fft_sizes),
                        "perceptual_weighting": bool(cfg.perceptual_weighting)}}
-
-
-def ramp(step: int, steps: int) -> float:
-    """0 → 1 linearly over ``steps`` (0-based step), then 1; always 1 when ``steps`` is 0."""
-    return 1.0 if steps <= 0 else min(1.0, step / steps)
 
 
 def kl_weight_at(cfg, step: int) -> float:

@@ -49,9 +49,14 @@ def sample_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little") & (2 ** 63 - 1))
 
 
+def ramp(step: int, steps: int) -> float:
+    """0 → 1 linearly over ``steps``, then 1; always 1 when ``steps`` is 0 (warm-ups)."""
+    return 1.0 if steps <= 0 else min(1.0, step / steps)
+
+
 def lr_lambda(cfg: OptimConfig, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+        warm = ramp(step + 1, cfg.warmup_steps)
         if cfg.schedule == "constant":
             return warm
         if cfg.schedule == "exponential":
