@@ -37,6 +37,9 @@ VENDOR_HBM_GBS = [("H100 PCIe", 2000.0), ("H100", 3350.0), ("H200", 4800.0), ("A
 
 
 def git_commit() -> str:
+    # FASTAUDIO_COMMIT: set by benchmarks/gpu_session.sh, whose copy of the tree has no .git
+    if os.environ.get("FASTAUDIO_COMMIT"):
+        return os.environ["FASTAUDIO_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()

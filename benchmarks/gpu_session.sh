@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the workplace's `device` tool): install, check, test, benchmark.
+#
+#   bash benchmarks/gpu_session.sh check   # versions, the whole test suite on the GPU, quick suite
+#   bash benchmarks/gpu_session.sh full    # the full benchmark suite, results into benchmarks/results
+#
+# The machine has torch and triton but none of the reference packages: they travel as wheels in
+# .whl/ (see the closing notes for the pip download line). FASTAUDIO_COMMIT names the commit the
+# tree was sent from (the copy has no .git). Everything worth keeping is packed into $OUT.
+set -uo pipefail
+stage=${1:-check}
+OUT=${OUT:-/tmp/fastaudio-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+  || { cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
+python3 -c "import torch, triton, fastaudio, fastaudio.kernels; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__, '|', torch.cuda.get_device_name(0))"
+
+if [ "$stage" = check ]; then
+  export FASTAUDIO_BENCH_RESULTS="$OUT/quick"
+  timeout 300 python3 -m pytest -q -n 8 -p no:cacheprovider --junitxml="$OUT/junit.xml" tests \
+      >"$OUT/tests.log" 2>&1
+  echo "pytest exit $?"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -3
+  grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -40
+  timeout 280 python3 benchmarks/run_all.py --quick >"$OUT/quick.log" 2>&1
+  echo "quick suite exit $?"
+  grep -E "Error|error:|failed|Traceback|=====" "$OUT/quick.log" | head -40
+  tar czf "$OUT/quick.tgz" -C "$OUT" quick 2>/dev/null
+fi
+
+if [ "$stage" = full ]; then
+  ( timeout 120 python3 benchmarks/bench_kernels.py
+    timeout 60 python3 benchmarks/bench_attention.py
+    timeout 200 python3 benchmarks/bench_generate.py --repeats 2
+    timeout 90 python3 benchmarks/bench_vs_reference.py --repeats 2
+    timeout 60 python3 benchmarks/bench_train.py --steps 3
+    timeout 200 python3 benchmarks/bench_vs_autoregressive.py --seconds 30,95
+    python3 benchmarks/report.py ) >"$OUT/full.log" 2>&1
+  grep -E "Error|Traceback|rows appended|RTF|speedup" "$OUT/full.log" | tail -40
+  tar czf "$OUT/results.tgz" benchmarks/results bench.md
+fi
