@@ -70,8 +70,8 @@ def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_s
     model_cache = None
     for mode in modes:
         if model_cache is None:
-            from fastaudio import build_model
-            model_cache = build_model(preset, seed=0)
+            from fastaudio.pipeline import random_weights_model
+            model_cache = random_weights_model(preset, seed=0)
         pipe = StableAudio(model_cache, device=device, dtype=dtype, execution=mode)
         for window in windows:
             window = min(window, pipe.config.window_seconds)
@@ -130,8 +130,8 @@ def main(argv=None) -> List[dict]:
     dtype = a.dtype or ("bf16" if cuda else "fp32")
     rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, dtype)
     # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)
-    from fastaudio import build_model
-    model = build_model(a.preset, seed=0)
+    from fastaudio.pipeline import random_weights_model
+    model = random_weights_model(a.preset, seed=0)
     longest = model.config.window_seconds
     seconds = [longest] if a.quick else [longest / 2, longest, 2 * longest, 4 * longest]
     rows += decode_scaling(model, "cuda" if cuda else "cpu", dtype, seconds, repeats)

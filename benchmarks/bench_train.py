@@ -41,7 +41,7 @@ def _steps(module, batch_fn, params, steps, device, autocast) -> float:
 
 
 def bench(preset: str, steps: int, batch: int, quick: bool) -> List[dict]:
-    from fastaudio import build_model
+    from fastaudio.pipeline import random_weights_model
     from fastaudio.train.config import VAETrainConfig
     from fastaudio.train.stage_clap import CLAPTrainModule
     from fastaudio.train.stage_diffusion import DiffusionTrainModule
@@ -51,7 +51,7 @@ def bench(preset: str, steps: int, batch: int, quick: bool) -> List[dict]:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-    model = build_model(preset, seed=0).to(device).train()
+    model = random_weights_model(preset, seed=0).to(device).train()
     cfg = model.config
     sr = cfg.sample_rate
     g = torch.Generator(device=device).manual_seed(0)

@@ -57,14 +57,14 @@ def timed(fn, device):
 @torch.no_grad()
 def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name: str, repeats: int,
           executions: List[str]) -> List[dict]:
-    from fastaudio import build_model
+    from fastaudio.pipeline import random_weights_model
     from fastaudio.diffusion.sigmas import polyexponential
     from fastaudio.pipeline import StableAudio
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     K = R.kdiffusion()
-    model = build_model(preset, seed=0)
+    model = random_weights_model(preset, seed=0)
     ref_unet, ref_decoder = reference_modules(model, device, dtype)
     pipes = {e: StableAudio(model, device=device, dtype=dtype, execution=e) for e in executions}
     pipe = next(iter(pipes.values()))

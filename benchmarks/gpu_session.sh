@@ -33,6 +33,17 @@ if [ "$stage" = check ]; then
   tar czf "$OUT/quick.tgz" -C "$OUT" quick 2>/dev/null
 fi
 
+if [ "$stage" = diag ]; then
+  ls /dev/nvidia* | head -3; echo "TRITON_INTERPRET=${TRITON_INTERPRET:-unset}"
+  timeout 170 python3 -m pytest -q -n 16 -p no:cacheprovider -p no:benchmark --tb=short -rfE --maxfail=25 tests \
+      >"$OUT/diag.log" 2>&1
+  echo "pytest exit $?"; grep -E "^(FAILED|ERROR)|^E  " "$OUT/diag.log" | sort | uniq -c | sort -rn | head -30
+  ( timeout 250 python3 benchmarks/bench_generate.py --windows 10,47,95.1 --modes eager,graph --repeats 2
+    timeout 150 python3 benchmarks/bench_vs_reference.py --repeats 2 ) >"$OUT/gen.log" 2>&1
+  grep -vE "^\s*$" "$OUT/gen.log" | grep -E "Error|error|RTF|x \||rows|speedup|step|Traceback" | tail -30
+  tar czf "$OUT/results.tgz" benchmarks/results
+fi
+
 if [ "$stage" = full ]; then
   ( timeout 120 python3 benchmarks/bench_kernels.py
     timeout 60 python3 benchmarks/bench_attention.py

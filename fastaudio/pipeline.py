@@ -83,6 +83,21 @@ def parse_device(device: Union[None, str, torch.device]) -> torch.device:
     return dev
 
 
+
+def random_weights_model(name: str, seed: int = 0):
+    """A preset with random weights, for benchmarks. A preset whose text tower reads RoBERTa's BPE
+    (stable-audio-1.0) ships no tokenizer files, so its prompts go through the byte tokenizer
+    instead, with a log line: with random weights the tokens mean nothing either way, and the text
+    tower's cost is the same (max_length positions)."""
+    model = build_model(name, seed=seed)
+    clap = model.conditioner.clap
+    if clap.tokenizer is None:
+        from .models.tokenizer import ByteTokenizer
+        log.warning("preset %r with random weights: no RoBERTa tokenizer files, prompts are read as "
+                    "UTF-8 bytes (benchmark use only)", name)
+        clap.tokenizer = ByteTokenizer()
+    return model
+
 class StableAudio:
     """The text-to-audio pipeline around a :class:`StableAudioModel`.
 
@@ -135,7 +150,7 @@ class StableAudio:
     def from_preset(cls, name: str, device=None, dtype=None, execution: str = "auto",
                     seed: int = 0) -> "StableAudio":
         """Random weights of a named preset: for benchmarking, not for listening."""
-        return cls(build_model(name, seed=seed), device, dtype, execution)
+        return cls(random_weights_model(name, seed=seed), device, dtype, execution)
 
     @property
     def config(self):
