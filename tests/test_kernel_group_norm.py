@@ -12,6 +12,7 @@ import itertools
 import pytest
 import torch
 
+from conftest import DEVICE
 from fastaudio.kernels import group_norm as gn
 from fastaudio.kernels.group_norm import (group_norm, group_norm_ref,
                                           group_norm_unsupported_reason)
@@ -37,7 +38,8 @@ def make_inputs(shape, dtype, affine, film_scale, film_shift, seed=0, mean=0.5):
     B, C, L = shape
 
     def rand(*s, std=1.0, offset=0.0):
-        return (torch.randn(*s, generator=g) * std + offset).to(dtype)
+        # drawn on the CPU (the same numbers on every machine), run where the kernels run
+        return (torch.randn(*s, generator=g) * std + offset).to(device=DEVICE, dtype=dtype)
 
     x = rand(B, C, L, std=2.0, offset=mean)
     weight = rand(C, std=0.5, offset=1.0) if affine in ("wb", "w") else None
@@ -158,19 +160,19 @@ def test_partial_gradients(grad_of):
 
 
 def test_unsupported_reasons():
-    x = torch.randn(2, 8, 16)
-    w, b = torch.randn(8), torch.randn(8)
+    x = torch.randn(2, 8, 16, device=DEVICE)
+    w, b = torch.randn(8, device=DEVICE), torch.randn(8, device=DEVICE)
     assert group_norm_unsupported_reason(x, 4, w, b) is None
     cases = [
-        ((torch.randn(2, 8), 4, w, b, None, None), "must be (B, C, L)"),
+        ((torch.randn(2, 8, device=DEVICE), 4, w, b, None, None), "must be (B, C, L)"),
         ((x, 3, w, b, None, None), "not divisible by num_groups=3"),
-        ((x, 4, torch.randn(4), b, None, None), "weight must be (8,)"),
-        ((x, 4, w, torch.randn(1, 8), None, None), "bias must be (8,)"),
-        ((x, 4, w, b, torch.randn(8), None), "scale must be (2, 8)"),
-        ((x, 4, w, b, None, torch.randn(2, 8, 1)), "shift must be (2, 8)"),
+        ((x, 4, torch.randn(4, device=DEVICE), b, None, None), "weight must be (8,)"),
+        ((x, 4, w, torch.randn(1, 8, device=DEVICE), None, None), "bias must be (8,)"),
+        ((x, 4, w, b, torch.randn(8, device=DEVICE), None), "scale must be (2, 8)"),
+        ((x, 4, w, b, None, torch.randn(2, 8, 1, device=DEVICE)), "shift must be (2, 8)"),
         ((x.double(), 4, None, None, None, None), "dtype torch.float64 is not supported"),
         ((x.to("meta"), 4, None, None, None, None), "tensor on meta"),
-        ((torch.randn(2, 8, 0), 4, None, None, None, None), "empty input"),
+        ((torch.randn(2, 8, 0, device=DEVICE), 4, None, None, None, None), "empty input"),
     ]
     for args, expected in cases:
         reason = group_norm_unsupported_reason(*args)
@@ -213,6 +215,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_poisoned_allocation():
-    """The safety net the tests rely on: under the interpreter outputs start as NaN."""
+    """The safety net the tests rely on: outputs start as NaN (the interpreter; conftest sets
+    FASTAUDIO_POISON=1 on a GPU)."""
     assert gn._POISON
-    assert torch.isnan(gn._alloc((3, 5), torch.bfloat16, "cpu")).all()
+    assert torch.isnan(gn._alloc((3, 5), torch.bfloat16, DEVICE)).all()

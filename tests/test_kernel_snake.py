@@ -10,6 +10,7 @@ fails.
 import pytest
 import torch
 
+from conftest import DEVICE
 from fastaudio.kernels import snake as sk
 from fastaudio.kernels.snake import snake, snake_ref, snake_unsupported_reason
 
@@ -35,7 +36,8 @@ def make_inputs(shape, dtype, alpha_shape, x_std=3.0, alpha_range=(0.05, 3.0), s
     lo, hi = alpha_range
     alpha = (lo + (hi - lo) * torch.rand(C, generator=g)).reshape(alpha_shape(C)).to(dtype)
     dy = torch.randn(B, C, N, generator=g).to(dtype)  # one shared grad_output
-    return x, alpha, dy
+    # drawn on the CPU (the same numbers on every machine), run where the kernels run
+    return x.to(DEVICE), alpha.to(DEVICE), dy.to(DEVICE)
 
 
 def run(fn, x, alpha, dy, cast=None):
@@ -124,15 +126,15 @@ def test_non_contiguous_input():
 
 
 def test_unsupported_reasons():
-    x, alpha = torch.randn(2, 4, 10), torch.ones(1, 4, 1)
+    x, alpha = torch.randn(2, 4, 10, device=DEVICE), torch.ones(1, 4, 1, device=DEVICE)
     assert snake_unsupported_reason(x, alpha) is None
     cases = [
-        ((torch.randn(4, 10), alpha), "must be (B, C, N)"),
-        ((x, torch.ones(1, 3, 1)), "alpha must be (4,) or (1, 4, 1)"),
-        ((x, torch.ones(4, 1)), "alpha must be (4,) or (1, 4, 1)"),
+        ((torch.randn(4, 10, device=DEVICE), alpha), "must be (B, C, N)"),
+        ((x, torch.ones(1, 3, 1, device=DEVICE)), "alpha must be (4,) or (1, 4, 1)"),
+        ((x, torch.ones(4, 1, device=DEVICE)), "alpha must be (4,) or (1, 4, 1)"),
         ((x.double(), alpha), "dtype torch.float64 is not supported"),
         ((x.to("meta"), alpha.to("meta")), "tensor on meta"),
-        ((torch.randn(2, 4, 0), alpha), "empty input"),
+        ((torch.randn(2, 4, 0, device=DEVICE), alpha), "empty input"),
     ]
     for (x_, a_), expected in cases:
         reason = snake_unsupported_reason(x_, a_)
@@ -167,9 +169,10 @@ def test_torch_compile_fullgraph():
 
 
 def test_poisoned_allocation():
-    """The safety net the tests rely on: under the interpreter outputs start as NaN."""
+    """The safety net the tests rely on: outputs start as NaN (the interpreter; conftest sets
+    FASTAUDIO_POISON=1 on a GPU)."""
     assert sk._POISON
-    assert torch.isnan(sk._alloc((3, 5), torch.bfloat16, "cpu")).all()
+    assert torch.isnan(sk._alloc((3, 5), torch.bfloat16, DEVICE)).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
