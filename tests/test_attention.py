@@ -323,3 +323,69 @@ def test_dispatcher_traces_under_torch_compile():
 
     out = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v)
     torch.testing.assert_close(out, f(q, k, v))
+
+
+def test_auto_on_cuda_puts_sdpa_before_triton_at_every_head_dim():
+    """The Triton kernel faulted in SA1.0 generation on an H100 (see fastaudio/nn/attention.py):
+    auto takes SDPA first at head dims 64 and 80 until the fault is explained."""
+    from types import SimpleNamespace
+    for D in (64, 80):
+        q = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(2, 16, 431, D))
+        order = NA.auto_order(q)
+        assert order.index("sdpa") < order.index("triton"), (D, order)
+    mask = torch.ones(2, 79, dtype=torch.bool)
+    assert NA.auto_order(q, mask, "neg_inf")[0] == "triton"  # the one backend that masks in-kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# The forward kernel at every GPU block size, in guarded memory
+# ------------------------------------------------------------------------------------------------
+GUARD = 1024
+
+
+def _guarded(n, fill):
+    """A length-n view in the middle of a buffer whose ends hold ``fill``: an out-of-bounds read
+    of q, k or v brings NaN into the output, an out-of-bounds write changes a guard."""
+    buf = torch.full((n + 2 * GUARD,), fill)
+    return buf, buf[GUARD:GUARD + n]
+
+
+FWD_BLOCKS = sorted({(m, n) for m, n, _, _ in K._FWD_CANDIDATES["sm80"] + K._FWD_CANDIDATES["sm90"]})
+
+
+@pytest.mark.parametrize("block", FWD_BLOCKS, ids=[f"{m}x{n}" for m, n in FWD_BLOCKS])
+@pytest.mark.parametrize("case", [(80, 54, 79, True), (64, 150, 150, False)],
+                         ids=["cross-d80-79keys-zero", "self-d64-L150"])
+def test_forward_kernel_at_gpu_block_sizes_in_guarded_memory(case, block):
+    """Under the interpreter the autotuner only ever runs one small block; the GPU configs run
+    here directly on the U-Net's own strided views (q from a (B, L, H·D) projection, k and v
+    chunks of one (B, Lk, 2·H·D) projection), surrounded by NaN guards."""
+    if not K.INTERPRET:
+        pytest.skip("calls the kernel with explicit block sizes: interpreter only")
+    D, L, Lk, masked = case
+    B, H = 2, 2
+    gen = torch.Generator().manual_seed(sum(block) + D)
+    _, qflat = _guarded(B * L * H * D, float("nan"))
+    qflat.copy_(torch.randn(qflat.numel(), generator=gen))
+    _, kvflat = _guarded(B * Lk * 2 * H * D, float("nan"))
+    kvflat.copy_(torch.randn(kvflat.numel(), generator=gen))
+    q = qflat.view(B, L, H, D).transpose(1, 2)
+    k, v = (t.reshape(B, Lk, H, D).transpose(1, 2) for t in kvflat.view(B, Lk, 2 * H * D).chunk(2, -1))
+    mask = None
+    if masked:
+        mask = torch.rand(B, Lk, generator=gen) < 0.7
+        mask[:, 0] = True
+    obuf, oflat = _guarded(B * L * H * D, float("nan"))
+    lbuf, lflat = _guarded(B * H * L, float("nan"))
+    o, lse = oflat.view(B, L, H, D).transpose(1, 2), lflat.view(B, H, L)
+    da, db = K.head_dim_split(D)
+    keep, smb, smn = K._mask_args(mask, q)
+    bm, bn = block
+    K._attn_fwd_kernel[(-(-L // bm), B * H)](
+        q, k, v, keep, o, lse, D ** -0.5, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        smb, smn, H, L, Lk, K._bucket(L), K._bucket(Lk), HEAD_DIM=D, BLOCK_DA=da, BLOCK_DB=db,
+        MASK_MODE=1 if masked else 0, UPCAST=True, DOT_PREC="ieee", BLOCK_M=bm, BLOCK_N=bn)
+    ref = K.attention_ref(q.double(), k.double(), v.double(), mask, "zero")
+    torch.testing.assert_close(o.double(), ref, atol=2e-5, rtol=1e-4)
+    for buf in (obuf, lbuf):
+        assert torch.isnan(buf[:GUARD]).all() and torch.isnan(buf[-GUARD:]).all(), "a guard was written"
