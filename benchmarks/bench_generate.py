@@ -17,7 +17,7 @@ from typing import List
 
 import torch
 
-from common import measured_peaks, peak_memory_mb, reset_peak_memory, save_rows, time_ms
+from common import RowWriter, measured_peaks, peak_memory_mb, reset_peak_memory, time_ms
 
 
 def unet_tflop(preset: str, frames: int, context_groups: int) -> float:
@@ -35,7 +35,8 @@ def attention_share(preset: str, frames: int) -> float:
     return f["attention_core"] / f["total"]
 
 
-def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats: int) -> List[dict]:
+def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats: int,
+                   emit=None) -> List[dict]:
     """VAE decoding alone, within and past the diffusion window: the chunked decoder keeps memory
     bounded, so time should grow linearly and peak memory stay flat."""
     from fastaudio.pipeline import StableAudio
@@ -55,13 +56,15 @@ def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats
                      "decode_rtf": round(s / (ms / 1e3), 2), "chunk_frames": pipe.decode_chunk_frames or cfg.vae.chunk_frames,
                      # a CPU process's peak RSS cannot be reset: only CUDA figures are per length
                      "peak_memory_mb": peak_memory_mb(device) if device == "cuda" else None})
+        if emit is not None:
+            emit(rows[-1])
         print(f"decode {s:7.1f} s of audio ({frames} frames): {ms / 1e3:.3f} s, RTF {s / (ms / 1e3):.1f}x, "
               f"peak {rows[-1]['peak_memory_mb']} MB")
     return rows
 
 
 def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_scale: float,
-          repeats: int, dtype: str) -> List[dict]:
+          repeats: int, dtype: str, emit=None) -> List[dict]:
     from fastaudio.pipeline import StableAudio
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -97,6 +100,8 @@ def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_s
                    "mfu": round(mfu, 4), "peak_memory_mb": peak_memory_mb(device),
                    "measured_peak": peaks, "repeats": repeats}
             rows.append(row)
+            if emit is not None:
+                emit(row)
             print(f"{preset} {mode:8s} {window:6.1f} s: total {t['total']:7.3f} s (text {t['text_encoding']:.3f}, "
                   f"sampling {t['sampling']:.3f}, decode {t['decoding']:.3f}) | {row['ms_per_step']:.2f} ms/step "
                   f"| RTF {row['rtf']:.2f}x | MFU {100 * mfu:.1f}% | peak {row['peak_memory_mb']} MB")
@@ -128,14 +133,15 @@ def main(argv=None) -> List[dict]:
     if not cuda:
         print(f"no CUDA device: CPU figures for the {a.preset!r} preset ({', '.join(modes)})")
     dtype = a.dtype or ("bf16" if cuda else "fp32")
-    rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, dtype)
+    writer = RowWriter("generate", a.quick)
+    rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, dtype, emit=writer)
     # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)
     from fastaudio.pipeline import random_weights_model
     model = random_weights_model(a.preset, seed=0)
     longest = model.config.window_seconds
     seconds = [longest] if a.quick else [longest / 2, longest, 2 * longest, 4 * longest]
-    rows += decode_scaling(model, "cuda" if cuda else "cpu", dtype, seconds, repeats)
-    save_rows("generate", rows, a.quick)
+    rows += decode_scaling(model, "cuda" if cuda else "cpu", dtype, seconds, repeats, emit=writer)
+    writer.report()
     return rows
 
 

@@ -128,6 +128,8 @@ def main(argv=None) -> List[dict]:
         print("no CUDA device: timing the PyTorch CPU paths at scaled-down shapes (Triton kernels "
               "need a GPU; these rows are CPU figures)")
     rows = run(device, dtype, args.quick, compile_ok=not args.no_compile)
+    for r in rows:
+        r["quick"] = args.quick
     path = append_rows("kernels", rows)
     print(f"{len(rows)} rows appended to {path}")
     return rows

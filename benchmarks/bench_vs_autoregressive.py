@@ -23,7 +23,7 @@ from typing import List
 
 import torch
 
-from common import save_rows, sync
+from common import RowWriter, sync
 
 DECODERS = {  # published MusicGen decoder sizes
     "large": dict(hidden_size=2048, num_hidden_layers=48, num_attention_heads=32, ffn_dim=8192),
@@ -55,7 +55,8 @@ def musicgen(size: str, max_seconds: float, device, dtype):
 
 
 @torch.no_grad()
-def bench(size: str, seconds: List[float], preset: str, steps, dtype_name: str) -> List[dict]:
+def bench(size: str, seconds: List[float], preset: str, steps, dtype_name: str,
+          emit=None) -> List[dict]:
     from fastaudio.pipeline import StableAudio
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -86,6 +87,8 @@ def bench(size: str, seconds: List[float], preset: str, steps, dtype_name: str) 
                "fastaudio_rtf": round(fs / fa, 3), "speedup": round(ar / fa, 2), "dtype": dtype_name,
                "fastaudio_steps": steps or pipe.config.sampling.steps}
         rows.append(row)
+        if emit is not None:
+            emit(row)
         print(f"{s:6.1f} s: MusicGen-{size} ({params / 1e6:.0f} M) {ar:8.2f} s (RTF {s / ar:.2f}) | "
               f"fastaudio {preset} {fa:7.2f} s (RTF {fs / fa:.2f}) | {ar / fa:6.1f}x")
     return rows
@@ -108,8 +111,9 @@ def main(argv=None) -> List[dict]:
     if not cuda:
         print(f"no CUDA device: CPU figures, MusicGen-{a.musicgen}"
               + (" (scaled down)" if a.musicgen == "tiny" else "") + f" vs fastaudio {a.preset}")
-    rows = bench(a.musicgen, seconds, a.preset, a.steps, a.dtype)
-    save_rows("vs_autoregressive", rows, a.quick)
+    writer = RowWriter("vs_autoregressive", a.quick)
+    rows = bench(a.musicgen, seconds, a.preset, a.steps, a.dtype, emit=writer)
+    writer.report()
     return rows
 
 

@@ -153,6 +153,22 @@ def save_rows(subject: str, rows: List[Dict], quick: bool) -> str:
     return path
 
 
+class RowWriter:
+    """Appends each row the moment it is measured, so a run stopped by a time limit keeps the rows
+    it finished (on the first GPU run a timeout lost every finished generation row)."""
+
+    def __init__(self, subject: str, quick: bool):
+        self.subject, self.quick, self.count, self.path = subject, quick, 0, None
+
+    def __call__(self, row: Dict) -> None:
+        row["quick"] = self.quick
+        self.path = append_rows(self.subject, [row])
+        self.count += 1
+
+    def report(self) -> None:
+        print(f"{self.count} rows appended to {self.path}")
+
+
 def append_rows(subject: str, rows: List[Dict], out: Optional[str] = None) -> str:
     """Append rows (metadata added) to results/<subject>.jsonl; returns the path."""
     path = out or os.path.join(RESULTS_DIR, f"{subject}.jsonl")
