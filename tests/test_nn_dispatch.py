@@ -150,3 +150,28 @@ def test_attention_backend_setting_reaches_the_unet():
         NA.set_attention_backend(None)
     _close(out.detach(), ref.detach())
     assert dispatch.path_counts[("attention", "triton")] > 0
+
+
+def test_auto_takes_the_measured_faster_torch_path_and_says_why(caplog, monkeypatch):
+    """conv1d passes auto_prefers_torch (cuDNN measured ahead of our conv on an H100): auto on
+    CUDA then takes PyTorch without asking the kernel, logs the reason once, and strict mode
+    accepts it (the preferred path is not a fallback); FASTAUDIO_KERNELS=triton still forces it."""
+    asked = []
+
+    def reason():
+        asked.append(1)
+        return None
+
+    why = "auto on CUDA: measured faster"
+    caplog.set_level("INFO", logger="fastaudio.kernels")
+    monkeypatch.setenv("FASTAUDIO_STRICT", "1")
+    dispatch.set_kernel_mode("auto")
+    assert not dispatch.use_triton("op_x", True, reason, auto_prefers_torch=why)
+    assert not dispatch.use_triton("op_x", True, reason, auto_prefers_torch=why)
+    assert asked == [] and dispatch.path_counts[("op_x", "torch")] == 2
+    assert [r.message for r in caplog.records if "op_x" in r.message] == [f"op_x: torch path ({why})"]
+    assert dispatch.use_triton("op_y", True, reason)  # without it, auto takes the kernel
+    dispatch.set_kernel_mode("triton")
+    assert dispatch.use_triton("op_x", True, reason, auto_prefers_torch=why)
+    from fastaudio.nn import conv
+    assert conv.CONV1D_AUTO_TORCH and "H100" in conv.CONV1D_AUTO_TORCH
