@@ -63,19 +63,16 @@ def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats
     return rows
 
 
-def bench(preset: str, windows: List[float], modes: List[str], steps: int, cfg_scale: float,
+def bench(model, windows: List[float], modes: List[str], steps: int, cfg_scale: float,
           repeats: int, dtype: str, emit=None) -> List[dict]:
     from fastaudio.pipeline import StableAudio
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     peaks = measured_peaks(device)
     rows = []
-    model_cache = None
+    preset = model.config.name
     for mode in modes:
-        if model_cache is None:
-            from fastaudio.pipeline import random_weights_model
-            model_cache = random_weights_model(preset, seed=0)
-        pipe = StableAudio(model_cache, device=device, dtype=dtype, execution=mode)
+        pipe = StableAudio(model, device=device, dtype=dtype, execution=mode)
         for window in windows:
             window = min(window, pipe.config.window_seconds)
             frames = pipe.window_frames(window, window)
@@ -133,11 +130,11 @@ def main(argv=None) -> List[dict]:
     if not cuda:
         print(f"no CUDA device: CPU figures for the {a.preset!r} preset ({', '.join(modes)})")
     dtype = a.dtype or ("bf16" if cuda else "fp32")
-    writer = RowWriter("generate", a.quick)
-    rows = bench(a.preset, windows, modes, steps, a.cfg_scale, repeats, dtype, emit=writer)
-    # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)
     from fastaudio.pipeline import random_weights_model
-    model = random_weights_model(a.preset, seed=0)
+    model = random_weights_model(a.preset, seed=0)  # one build serves every mode and the decode rows
+    writer = RowWriter("generate", a.quick)
+    rows = bench(model, windows, modes, steps, a.cfg_scale, repeats, dtype, emit=writer)
+    # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)
     longest = model.config.window_seconds
     seconds = [longest] if a.quick else [longest / 2, longest, 2 * longest, 4 * longest]
     rows += decode_scaling(model, "cuda" if cuda else "cpu", dtype, seconds, repeats, emit=writer)

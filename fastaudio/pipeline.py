@@ -83,7 +83,6 @@ def parse_device(device: Union[None, str, torch.device]) -> torch.device:
     return dev
 
 
-
 def random_weights_model(name: str, seed: int = 0):
     """A preset with random weights, for benchmarks. A preset whose text tower reads RoBERTa's BPE
     (stable-audio-1.0) ships no tokenizer files, so its prompts go through the byte tokenizer
@@ -97,6 +96,7 @@ def random_weights_model(name: str, seed: int = 0):
                     "UTF-8 bytes (benchmark use only)", name)
         clap.tokenizer = ByteTokenizer()
     return model
+
 
 class StableAudio:
     """The text-to-audio pipeline around a :class:`StableAudioModel`.
