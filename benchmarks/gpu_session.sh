@@ -11,9 +11,18 @@
 #   musicgen   against MusicGen-large at 95 s
 #   kernels    kernel and attention micro-benchmarks (full, not --quick)
 #
+# Before the first call, on the development machine (.whl/ is git-ignored and travels as `carry`):
+#   echo /.whl/ >> .git/info/exclude
+#   for p in soundfile==0.14.0 cffi pycparser soxr==1.1.0 einops-exts==0.0.4 auraloss==0.4.0 \
+#            torchsde==0.2.6 trampoline==0.1.2 k-diffusion==0.1.1 stable-audio-tools==0.0.19 \
+#            descript-audio-codec==1.0.0; do
+#     pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $p
+#   done
+#   pip download -q --no-deps --no-binary=:all: -d /tmp/sd encodec==0.1.1 && pip wheel -q --no-deps -w .whl /tmp/sd/encodec-0.1.1.tar.gz
+#
 # What the first calls (H100, 2026-11-22) taught: the image has torch 2.11 + triton 3.6 but none
-# of the reference packages (they travel as wheels in .whl/, made by the pip download line in the
-# closing notes); `pip install -e .` fails there (its build wants to fetch setuptools); the whole
+# of the reference packages (hence the wheels); `pip install -e .` fails there (its build wants to fetch setuptools); the whole
 # test suite did not finish in 300 s with 8 workers; building the SA1.0 model and capturing its
 # graphs takes minutes, so one benchmark per call. Results come back packed in $OUT.
 set -uo pipefail
