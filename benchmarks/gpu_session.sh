@@ -6,6 +6,7 @@
 # Stages (each sized to end inside one 10-minute call; the machine's start costs ~1 min more):
 #   tests      the kernel and attention tests on the GPU, file by file, with the failure reasons
 #   fault      the Triton attention fault in SA1.0 generation, synchronous launches + sanitizer
+#   profile    the top kernels of SA1.0 sampling at 10 s (table + Chrome trace)
 #   generate   SA1.0 generation 10-95 s, graph mode (rows saved as they are measured)
 #   reference  against stable-audio-tools at 95 s
 #   musicgen   against MusicGen-large at 95 s
@@ -26,7 +27,7 @@
 # test suite did not finish in 300 s with 8 workers; building the SA1.0 model and capturing its
 # graphs takes minutes, so one benchmark per call. Results come back packed in $OUT.
 set -uo pipefail
-stage=${1:?stage: tests, fault, generate, reference, musicgen or kernels}
+stage=${1:?stage: tests, fault, profile, generate, reference, musicgen or kernels}
 OUT=${OUT:-/tmp/fastaudio-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -58,6 +59,11 @@ fault)
   timeout 300 compute-sanitizer --tool memcheck --print-limit 5 python3 benchmarks/bench_attention.py \
       --quick --backends triton --no-write >"$OUT/sanitizer.log" 2>&1
   echo "sanitizer: exit $?"; tail -25 "$OUT/sanitizer.log" ;;
+profile)
+  # where SA1.0's 21.5 ms guided step at 10 s went (2.5 % of the matmul peak on the first H100 run)
+  timeout 400 python3 -m fastaudio.cli profile --preset stable-audio-1.0 --seconds 10 --steps 5 --dtype bf16 \
+      --trace "$OUT/trace.json" --top 40 >"$OUT/profile.log" 2>&1
+  echo "exit $?"; tail -50 "$OUT/profile.log"; gzip -f "$OUT/trace.json" ;;
 generate)
   timeout 560 python3 benchmarks/bench_generate.py --windows 10,30,95.1 --modes graph,eager --repeats 2 \
       >"$OUT/generate.log" 2>&1
