@@ -16,6 +16,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cuda":
+    # fp32 comparisons in exact fp32 on a GPU: cuDNN convolutions default to TF32, and our kernels
+    # follow these flags (kernels/conv1d.py, kernels/attention.py), so both sides stay IEEE
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 @pytest.fixture

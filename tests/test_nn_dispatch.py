@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from conftest import DEVICE
 from fastaudio.config import UNetConfig
 from fastaudio.models.unet import ResnetBlock1d, UNet1d
 from fastaudio.models.vae import DecoderBlock, ResidualUnit
@@ -18,16 +19,19 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and no
 
 
 def _both(module, *inputs, grads=True):
-    """Outputs (and input/parameter grads) of ``module`` on the torch path and the Triton path."""
+    """Outputs (and input/parameter grads) of ``module`` on the torch path and the Triton path,
+    on the test device (inputs drawn on the CPU)."""
     results = []
+    module.to(DEVICE)
     for mode in ("torch", "triton"):
         dispatch.set_kernel_mode(mode)
         module.zero_grad(set_to_none=True)
-        xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
+        xs = [x.detach().clone().to(DEVICE).requires_grad_(x.is_floating_point()) for x in inputs]
         out = module(*xs)
         g = []
         if grads:
-            out.backward(torch.ones_like(out) * 0.1 + torch.linspace(0, 1, out.numel()).view_as(out))
+            ramp = torch.linspace(0, 1, out.numel(), device=out.device).view_as(out)
+            out.backward(torch.ones_like(out) * 0.1 + ramp)
             g = [x.grad for x in xs if x.grad is not None] + \
                 [p.grad for p in module.parameters() if p.grad is not None]
         results.append((out.detach(), g))
@@ -79,11 +83,12 @@ def test_short_training_run_has_the_same_loss_curve():
     for mode in ("torch", "triton"):
         dispatch.set_kernel_mode(mode)
         torch.manual_seed(0)
-        unet = UNet1d(cfg)
+        unet = UNet1d(cfg).to(DEVICE)
         opt = torch.optim.AdamW(unet.parameters(), lr=1e-2)
-        ctx = torch.zeros(2, 4, 8)
+        ctx = torch.zeros(2, 4, 8, device=DEVICE)
         losses = []
         for x, t, target in batches:
+            x, t, target = x.to(DEVICE), t.to(DEVICE), target.to(DEVICE)
             loss = (unet(x, t, ctx) - target).pow(2).mean()
             opt.zero_grad()
             loss.backward()
@@ -99,8 +104,8 @@ def test_short_training_run_has_the_same_loss_curve():
 
 def test_unet_block_compiles_with_the_kernels_inside():
     torch.manual_seed(0)
-    block = ResnetBlock1d(8, 8, num_groups=4, mapping_features=16)
-    x, mapping = torch.randn(2, 8, 16), torch.randn(2, 16)
+    block = ResnetBlock1d(8, 8, num_groups=4, mapping_features=16).to(DEVICE)
+    x, mapping = torch.randn(2, 8, 16).to(DEVICE), torch.randn(2, 16).to(DEVICE)
     dispatch.set_kernel_mode("triton")
     try:
         eager = block(x, mapping)
@@ -113,10 +118,10 @@ def test_unet_block_compiles_with_the_kernels_inside():
 
 
 def test_strict_mode_names_why_and_auto_logs_the_path(caplog):
-    norm = GroupNorm(2, 4).double()
+    norm = GroupNorm(2, 4).double().to(DEVICE)
     dispatch.set_kernel_mode("triton")
     with pytest.raises(dispatch.KernelUnavailableError, match="group_norm.*float64"):
-        norm(torch.randn(1, 4, 8, dtype=torch.float64))
+        norm(torch.randn(1, 4, 8, dtype=torch.float64, device=DEVICE))
     dispatch.set_kernel_mode("auto")
     caplog.set_level("INFO", logger="fastaudio.kernels")
     for _ in range(3):
@@ -138,9 +143,9 @@ def test_attention_backend_setting_reaches_the_unet():
                      attentions=[0, 1], attention_heads=2, attention_multiplier=2, resnet_groups=4,
                      context_embedding_features=8, context_embedding_max_length=5)
     torch.manual_seed(0)
-    unet = UNet1d(cfg)
-    x, t, ctx = torch.randn(1, 4, 8), torch.rand(1), torch.randn(1, 5, 8)
-    mask = torch.tensor([[True, True, False, True, True]])
+    unet = UNet1d(cfg).to(DEVICE)
+    x, t, ctx = (a.to(DEVICE) for a in (torch.randn(1, 4, 8), torch.rand(1), torch.randn(1, 5, 8)))
+    mask = torch.tensor([[True, True, False, True, True]], device=DEVICE)
     NA.set_attention_backend("math")
     ref = unet(x, t, ctx, mask)
     NA.set_attention_backend("triton")
