@@ -145,14 +145,18 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
 
     meta = dict(quick=args.quick)
     rows: List[dict] = []
+    path = None
     for shape in shapes:
         for backend in backends:
-            rows += bench_shape(shape, backend, dtype, device, repeats, meta, peak)
+            new = bench_shape(shape, backend, dtype, device, repeats, meta, peak)
+            rows += new
+            if new and not args.no_write:  # written as measured: a time limit keeps what finished
+                path = append_rows("attention", new, args.out)
             if cuda:
                 torch.cuda.empty_cache()
 
-    if rows and not args.no_write:
-        print(f"{len(rows)} rows appended to {append_rows('attention', rows, args.out)}")
+    if path:
+        print(f"{len(rows)} rows appended to {path}")
     return rows
 
 

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from common import append_rows, measured_peaks, time_ms
+from common import RowWriter, measured_peaks, time_ms
 
 GN_SHAPES_GPU = [(2, 1024, 4096), (2, 1024, 2048), (2, 1280, 1024), (2, 1280, 256)]
 GN_SHAPES_CPU = [(2, 256, 1024), (2, 320, 256)]
@@ -61,11 +61,13 @@ def variants(eager: Callable, ours: Optional[Callable], args: tuple, compile_ok:
 
 
 def captured(fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` captured once in a CUDA graph; timing its replay measures the GPU work alone. The
-    first H100 run timed our ops slower than eager at the smaller shapes (Snake 6 M elements:
-    0.21 vs 0.09 ms), which is what the host-side cost of a call (validation, custom-op and
-    autograd dispatch, the autotuner's key lookup) would do to kernels of tens of microseconds;
-    generation replays CUDA graphs, so both figures matter. Never run on a GPU yet."""
+    """``fn`` captured once in a CUDA graph; timing its replay measures the GPU work alone, without
+    the host-side cost of a call (validation, custom-op and autograd dispatch, the autotuner's key
+    lookup). On the first H100 run our Snake took about the same time at 6 M and 25 M elements
+    (0.21 / 0.22 ms), as a fixed per-call cost would; GroupNorm was slower at the smaller shape
+    (0.50 ms at 2x1024x2048 vs 0.22 at 2x1024x4096), which host cost cannot explain (a tile or
+    autotune choice more likely). Generation replays CUDA graphs, so both figures matter. Never run
+    on a GPU yet."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -78,7 +80,7 @@ def captured(fn: Callable[[], object]) -> Callable[[], object]:
     return graph.replay
 
 
-def run(device: str, dtype: torch.dtype, quick: bool, compile_ok: bool) -> List[dict]:
+def run(device: str, dtype: torch.dtype, quick: bool, compile_ok: bool, emit=None) -> List[dict]:
     cuda = device == "cuda"
     peaks = measured_peaks(device)
     rows: List[dict] = []
@@ -100,6 +102,8 @@ def run(device: str, dtype: torch.dtype, quick: bool, compile_ok: bool) -> List[
             row["peak_fraction"] = round(row["tflops"] / peaks["matmul_tflops"], 3)
             extra = f"{row['tflops']:7.2f} TFLOP/s ({100 * row['peak_fraction']:.0f}% of matmul)"
         rows.append(row)
+        if emit is not None:
+            emit(row)
         print(f"{op:13s} {str(shape):28s} {name:14s} {ms:9.3f} ms  {extra}")
 
     def record_all(op, shape, contenders, **amount):
@@ -158,11 +162,9 @@ def main(argv=None) -> List[dict]:
     if not cuda:
         print("no CUDA device: timing the PyTorch CPU paths at scaled-down shapes (Triton kernels "
               "need a GPU; these rows are CPU figures)")
-    rows = run(device, dtype, args.quick, compile_ok=not args.no_compile)
-    for r in rows:
-        r["quick"] = args.quick
-    path = append_rows("kernels", rows)
-    print(f"{len(rows)} rows appended to {path}")
+    writer = RowWriter("kernels", args.quick)  # rows written as measured, each marked quick or not
+    rows = run(device, dtype, args.quick, compile_ok=not args.no_compile, emit=writer)
+    writer.report()
     return rows
 
 

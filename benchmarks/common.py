@@ -166,7 +166,7 @@ class RowWriter:
         self.count += 1
 
     def report(self) -> None:
-        print(f"{self.count} rows appended to {self.path}")
+        print(f"{self.count} rows appended to {self.path}" if self.count else "no rows written")
 
 
 def append_rows(subject: str, rows: List[Dict], out: Optional[str] = None) -> str:

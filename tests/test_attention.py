@@ -9,6 +9,7 @@ that are not multiples of the 32-row interpreter block (37, 79, 150), Lq = 1, 79
 ragged padding masks in both modes, a batch item with every key masked. GPU-only backends
 (flash_attn, xformers) run in the same tests and skip with the reason where they are unavailable.
 """
+import itertools
 import logging
 import re
 
@@ -325,14 +326,14 @@ def test_dispatcher_traces_under_torch_compile():
     torch.testing.assert_close(out, f(q, k, v))
 
 
-def test_auto_on_cuda_puts_sdpa_before_triton_at_every_head_dim():
+def test_auto_on_cuda_puts_sdpa_before_triton_at_the_unets_head_dims():
     """The Triton kernel faulted in SA1.0 generation on an H100 (see fastaudio/nn/attention.py):
-    auto takes SDPA first at head dims 64 and 80 until the fault is explained."""
+    auto takes SDPA first at head dims 64 and 80 (and 40, 128), bf16 and fp32, until explained."""
     from types import SimpleNamespace
-    for D in (64, 80):
-        q = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(2, 16, 431, D))
+    for D, dtype in itertools.product((40, 64, 80, 128), (torch.bfloat16, torch.float32)):
+        q = SimpleNamespace(is_cuda=True, dtype=dtype, shape=(2, 16, 431, D))
         order = NA.auto_order(q)
-        assert order.index("sdpa") < order.index("triton"), (D, order)
+        assert order.index("sdpa") < order.index("triton"), (D, dtype, order)
     mask = torch.ones(2, 79, dtype=torch.bool)
     assert NA.auto_order(q, mask, "neg_inf")[0] == "triton"  # the one backend that masks in-kernel
 

@@ -158,8 +158,8 @@ def test_attention_backend_setting_reaches_the_unet():
 
 
 def test_auto_takes_the_measured_faster_torch_path_and_says_why(caplog, monkeypatch):
-    """conv1d passes auto_prefers_torch (cuDNN measured ahead of our conv on an H100): auto on
-    CUDA then takes PyTorch without asking the kernel, logs the reason once, and strict mode
+    """An op given auto_torch_reason (the convs: cuDNN measured ahead of our conv on an H100):
+    auto on CUDA takes PyTorch without asking the kernel, logs the reason once, and strict mode
     accepts it (the preferred path is not a fallback); FASTAUDIO_KERNELS=triton still forces it."""
     asked = []
 
@@ -171,12 +171,31 @@ def test_auto_takes_the_measured_faster_torch_path_and_says_why(caplog, monkeypa
     caplog.set_level("INFO", logger="fastaudio.kernels")
     monkeypatch.setenv("FASTAUDIO_STRICT", "1")
     dispatch.set_kernel_mode("auto")
-    assert not dispatch.use_triton("op_x", True, reason, auto_prefers_torch=why)
-    assert not dispatch.use_triton("op_x", True, reason, auto_prefers_torch=why)
+    assert not dispatch.use_triton("op_x", True, reason, auto_torch_reason=why)
+    assert not dispatch.use_triton("op_x", True, reason, auto_torch_reason=why)
     assert asked == [] and dispatch.path_counts[("op_x", "torch")] == 2
     assert [r.message for r in caplog.records if "op_x" in r.message] == [f"op_x: torch path ({why})"]
     assert dispatch.use_triton("op_y", True, reason)  # without it, auto takes the kernel
     dispatch.set_kernel_mode("triton")
-    assert dispatch.use_triton("op_x", True, reason, auto_prefers_torch=why)
-    from fastaudio.nn import conv
-    assert conv.CONV1D_AUTO_TORCH and "H100" in conv.CONV1D_AUTO_TORCH
+    assert dispatch.use_triton("op_x", True, reason, auto_torch_reason=why)
+
+
+def test_both_convs_ask_for_the_torch_path_under_auto(monkeypatch):
+    """nn.conv's conv1d and conv_transpose1d hand the measured reason to the dispatcher (GroupNorm
+    and Snake do not: each won one of its two measured shapes)."""
+    from fastaudio.nn import conv, norm, snake
+    seen = {}
+
+    def spy(op, is_cuda, reason_fn, auto_torch_reason=None):
+        seen[op] = auto_torch_reason
+        return False
+
+    for module in (conv, norm, snake):
+        monkeypatch.setattr(module, "use_triton", spy)
+    conv.conv1d(torch.randn(1, 2, 8), torch.randn(3, 2, 3), padding=1)
+    conv.conv_transpose1d(torch.randn(1, 2, 8), torch.randn(2, 3, 4), stride=2)
+    GroupNorm(2, 4)(torch.randn(1, 4, 8))
+    snake.snake(torch.randn(1, 4, 8), torch.ones(1, 4, 1))
+    assert seen["conv1d"] == seen["conv_transpose1d"] == conv.CONV_AUTO_TORCH
+    assert "H100" in conv.CONV_AUTO_TORCH
+    assert seen["group_norm"] is None and seen["snake"] is None

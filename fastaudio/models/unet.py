@@ -4,7 +4,8 @@ configures it (907 M parameters at SA1.0 size).
 Module and parameter names are the reference's (``to_in.block.block1.groupnorm``,
 ``downsamples.0.transformer.blocks.0.attention.to_q`` …) so its checkpoints load by stripping
 the ``model.model.`` prefix. The compute runs through fastaudio.nn: GroupNorm + FiLM + SiLU fused,
-the ResNet residual added in the conv epilogue, attention through the backend dispatcher.
+the ResNet residual passed to the conv (added in its epilogue on the Triton path), attention
+through the backend dispatcher.
 
 Shapes: x (B, in_channels, L) with L a multiple of prod(factors) (16 for SA1.0);
 t (B,) in [0, 1]; context (B, 79, 768); context_mask (B, 79) bool, True keeps.

@@ -27,7 +27,7 @@ class AudioInputError(FastAudioError, ValueError):
 
 
 class ResidualUnit(nn.Module):
-    """Snake → conv k7 (dilated) → Snake → conv k1, plus the input (added in the conv epilogue)."""
+    """Snake → conv k7 (dilated) → Snake → conv k1, plus the input (passed to the conv: added in its epilogue on the Triton path)."""
 
     def __init__(self, dim: int, dilation: int):
         super().__init__()

@@ -35,8 +35,10 @@ On CUDA:
    2026-11-22) SA1.0 generation with the Triton kernel in the U-Net stopped on an illegal memory
    access, while SDPA generated. The interpreter finds the kernel's indexing right at every GPU
    block size on the U-Net's strided views (tests/test_attention.py), so the fault is not yet
-   explained; until it is, ``triton`` serves only when asked for. At head dim 64 the quick
-   benchmark had it 10 % ahead of SDPA's flash kernel (0.47 vs 0.53 ms, 2x16x4096x64 bf16).
+   explained; until it is, ``triton`` serves only when asked for, or for a "neg_inf" mask (1.,
+   not on SA1.0's path). In the same quick benchmark it was 10 % ahead of SDPA's flash kernel in
+   self-attention at head dim 64 (forward 0.47 vs 0.53 ms, 2x16x4096x64 bf16) and behind in
+   cross-attention over 79 masked keys (forward 0.23 vs 0.15 ms, forward+backward 2.3 vs 0.6 ms).
    fp32 inputs prefer ``sdpa`` too (our kernels are tuned for fp16/bf16 tensor cores).
 4. ``math`` last.
 

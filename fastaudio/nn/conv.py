@@ -1,7 +1,8 @@
 """1-D convolutions: plain, weight-normalised (DAC), and the U-Net's length-preserving padding.
 
-``conv1d`` adds the bias and an optional residual in the epilogue of our Triton implicit GEMM on
-CUDA; elsewhere it is ``F.pad`` + ``F.conv1d`` + add. Parameter names follow the torch modules they
+``conv1d`` and ``conv_transpose1d`` have Triton implicit-GEMM kernels (bias and residual in the
+epilogue) that ``FASTAUDIO_KERNELS=triton`` selects; ``auto`` runs ``F.pad`` + ``F.conv1d`` + add
+(cuDNN) everywhere, because on an H100 cuDNN was faster (see ``CONV_AUTO_TORCH``). Parameter names follow the torch modules they
 replace (``weight``, ``bias``; ``weight_g``/``weight_v`` for weight norm) so reference
 checkpoints load unchanged. Weight norm is folded away for inference with :func:`fold_weight_norm`.
 """
@@ -45,10 +46,14 @@ def conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, strid
     return y if residual is None else y + residual
 
 
-# On the first GPU measurement (H100, bf16, bench.md) cuDNN's conv plus a separate residual add
-# ran 5.2x (2x1024x1024x4096, k3) and 1.4x (2x1280x1280x1024, k3) ahead of our fused Triton conv:
-# auto takes cuDNN on CUDA until the kernel is tuned; FASTAUDIO_KERNELS=triton still forces it.
-CONV1D_AUTO_TORCH = "auto on CUDA: cuDNN measured 1.4-5.2x faster than the Triton conv on an H100"
+# On the first GPU measurement (H100, bf16, one quick run of 5 repeats, bench.md) cuDNN's conv plus
+# a separate residual add ran 5.2x (2x1024x1024x4096, k3) and 1.4x (2x1280x1280x1024, k3) ahead
+# of our fused Triton conv - both measured shapes lost, unlike GroupNorm and Snake (one of two
+# each). The VAE's k7 dilated and k1 convs and the transposed convs (the same implicit-GEMM kernel
+# family) were not measured; auto takes cuDNN for all of them on CUDA until the kernels are tuned
+# and measured; FASTAUDIO_KERNELS=triton still forces them.
+CONV_AUTO_TORCH = ("auto on CUDA: cuDNN measured 1.4-5.2x faster than the Triton conv at two U-Net "
+                   "shapes on an H100")
 
 
 def conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
@@ -61,7 +66,7 @@ def conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int
         residual = None if residual is None else residual.to(cast)
     if use_triton("conv1d", x.is_cuda,
                   lambda: _triton_reason(x, weight, bias, stride, padding, dilation, residual),
-                  auto_prefers_torch=CONV1D_AUTO_TORCH):
+                  auto_torch_reason=CONV_AUTO_TORCH):
         from fastaudio.kernels.conv1d import conv1d as conv1d_triton
         return conv1d_triton(x, weight, bias, stride=stride, padding=_pair(padding),
                              dilation=dilation, residual=residual)
@@ -78,13 +83,14 @@ def _transposed_reason(x, weight, bias, stride, padding) -> Optional[str]:
 
 def conv_transpose1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
                      padding: int = 0) -> Tensor:
-    """ConvTranspose1d (weight (C_in, C_out, K)) on our Triton kernels on CUDA, cuDNN elsewhere."""
+    """ConvTranspose1d (weight (C_in, C_out, K)): cuDNN under ``auto``, our Triton kernel when forced."""
     cast = autocast_dtype(x.device.type)
     if cast is not None:
         x, weight = x.to(cast), weight.to(cast)
         bias = None if bias is None else bias.to(cast)
     if use_triton("conv_transpose1d", x.is_cuda,
-                  lambda: _transposed_reason(x, weight, bias, stride, padding)):
+                  lambda: _transposed_reason(x, weight, bias, stride, padding),
+                  auto_torch_reason=CONV_AUTO_TORCH):
         from fastaudio.kernels.conv1d import conv_transpose1d as conv_transpose1d_triton
         return conv_transpose1d_triton(x, weight, bias, stride=stride, padding=padding)
     return F.conv_transpose1d(x, weight, bias, stride, padding)

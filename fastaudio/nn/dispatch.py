@@ -3,7 +3,7 @@
 The choice is made per call from one setting, ``FASTAUDIO_KERNELS`` (or ``set_kernel_mode``):
 
 * ``auto``   – Triton on CUDA tensors the kernel can serve, PyTorch otherwise (CPU included);
-  except an op whose PyTorch path was measured faster on a GPU (``auto_prefers_torch``): conv1d,
+  except ops whose PyTorch path was measured faster on a GPU (``auto_torch_reason``): the convs,
   where cuDNN ran 1.4-5.2x ahead of our Triton conv on an H100 (bench.md, 2026-11-22).
 * ``triton`` – strict: every call must run the Triton kernel; an input it cannot serve raises
   :class:`KernelUnavailableError` naming why. With ``TRITON_INTERPRET=1`` CPU tensors run the
@@ -108,11 +108,11 @@ def reset_path_log() -> None:
 
 
 def use_triton(op: str, is_cuda: bool, reason_fn: Callable[[], Optional[str]],
-               auto_prefers_torch: Optional[str] = None) -> bool:
+               auto_torch_reason: Optional[str] = None) -> bool:
     """Decide whether ``op`` runs its Triton kernel for this call.
 
     ``reason_fn`` returns why the kernel cannot serve the input (None when it can); it is only
-    evaluated when the answer matters, so the torch mode costs nothing. ``auto_prefers_torch``:
+    evaluated when the answer matters, so the torch mode costs nothing. ``auto_torch_reason``:
     why ``auto`` takes the PyTorch path on CUDA even where the kernel could serve (a measurement);
     that is the preferred path, not a fallback, so strict mode lets it pass.
     """
@@ -132,8 +132,8 @@ def use_triton(op: str, is_cuda: bool, reason_fn: Callable[[], Optional[str]],
     if not is_cuda:
         record_path(op, "torch", "CPU tensors: Triton kernels run on CUDA")
         return False
-    if auto_prefers_torch is not None:
-        record_path(op, "torch", auto_prefers_torch)
+    if auto_torch_reason is not None:
+        record_path(op, "torch", auto_torch_reason)
         return False
     reason = reason_fn()
     if reason is not None:
