@@ -390,3 +390,25 @@ def test_forward_kernel_at_gpu_block_sizes_in_guarded_memory(case, block):
     torch.testing.assert_close(o.double(), ref, atol=2e-5, rtol=1e-4)
     for buf in (obuf, lbuf):
         assert torch.isnan(buf[:GUARD]).all() and torch.isnan(buf[-GUARD:]).all(), "a guard was written"
+
+
+def test_fault_probe_records_the_unets_calls_and_replays_them(tmp_path, monkeypatch):
+    """benchmarks/attention_fault_probe.py, the GPU session's tool for the H100 fault: record the
+    tiny U-Net's attention calls (shapes, strides, storage offsets, masks) on the SDPA path, then
+    replay each through the Triton kernel (here: the interpreter) against the reference; a call
+    whose views cannot be rebuilt makes replay fail."""
+    import json
+    import os
+    import sys
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    sys.modules.pop("attention_fault_probe", None)
+    import attention_fault_probe as probe
+    calls = tmp_path / "calls.json"
+    assert probe.main(["record", "--preset", "tiny", "--seconds", "1", "--out", str(calls)]) == 0
+    recorded = json.loads(calls.read_text())
+    assert any(c["mask"] is not None for c in recorded) and any(c["mask"] is None for c in recorded)
+    assert any(c["k"]["stride"][2] != c["k"]["shape"][3] for c in recorded), "views, not copies"
+    assert probe.main(["replay", str(calls)]) == 0
+    recorded[0]["q"]["storage"] = 1  # too small for its view: the rebuild must fail loudly
+    calls.write_text(json.dumps(recorded))
+    assert probe.main(["replay", str(calls)]) == 1
