@@ -68,16 +68,8 @@ def captured(fn: Callable[[], object]) -> Callable[[], object]:
     (0.50 ms at 2x1024x2048 vs 0.22 at 2x1024x4096), which host cost cannot explain (a tile or
     autotune choice more likely). Generation replays CUDA graphs, so both figures matter. Never run
     on a GPU yet."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):  # autotuning and allocations happen here, outside the capture
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
+    from fastaudio.diffusion.cuda_graph import capture_graph  # the sampler's own capture
+    return capture_graph(fn).replay
 
 
 def run(device: str, dtype: torch.dtype, quick: bool, compile_ok: bool, emit=None) -> List[dict]:

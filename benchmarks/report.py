@@ -240,16 +240,16 @@ def render() -> str:
              "printed above its table. Regenerate everything with `python benchmarks/run_all.py`.\n\n"]
     per_device: Dict[str, Dict[str, List[Dict]]] = defaultdict(dict)
     # which subjects have GPU rows at all, read from the files: the reader sees the gaps first
-    gpu_full = [TITLES[s] for s in SUBJECTS
-                if any(r.get("device_kind") == "cuda" and not r.get("quick") for r in subject_rows(s))]
-    gpu_quick = [TITLES[s] for s in SUBJECTS if TITLES[s] not in gpu_full
-                 and any(r.get("device_kind") == "cuda" for r in subject_rows(s))]
-    gpu_none = [TITLES[s] for s in SUBJECTS if TITLES[s] not in gpu_full + gpu_quick]
+    rows_of = {s: subject_rows(s) for s in SUBJECTS}  # each results file read once
+    gpu = {s: [r for r in rows_of[s] if r.get("device_kind") == "cuda"] for s in SUBJECTS}
+    gpu_full = [TITLES[s] for s in SUBJECTS if any(not r.get("quick") for r in gpu[s])]
+    gpu_quick = [TITLES[s] for s in SUBJECTS if gpu[s] and TITLES[s] not in gpu_full]
+    gpu_none = [TITLES[s] for s in SUBJECTS if not gpu[s]]
     parts.append("GPU coverage of these files: full runs for " + (", ".join(gpu_full) or "nothing")
                  + "; quick smoke runs only for " + (", ".join(gpu_quick) or "nothing")
                  + "; no GPU row at all for " + (", ".join(gpu_none) or "nothing") + ".\n\n")
     for subject in SUBJECTS:
-        rows = subject_rows(subject)
+        rows = rows_of[subject]
         if not rows:
             continue
         parts.append(f"## {TITLES[subject]}\n\n")

@@ -27,6 +27,22 @@ log = logging.getLogger("fastaudio.diffusion")
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
+def capture_graph(fn: Callable[[], object], warmup: int = 2, pool=None) -> "torch.cuda.CUDAGraph":
+    """Run ``fn`` ``warmup`` times on a side stream (allocator, cuDNN and Triton autotuning happen
+    there, never inside the capture), then capture one call as a CUDA graph. ``pool``: a graph
+    memory pool shared with other captures."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        fn()
+    return graph
+
+
 class StepRunner:
     """Runs plan steps on static buffers; ``capture()`` records one step as a CUDA graph."""
 
@@ -57,17 +73,9 @@ class StepRunner:
         and everything that outlives a replay lives in the static buffers)."""
         if not self.x.is_cuda:
             raise RuntimeError("CUDA graphs need CUDA tensors")
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.row.copy_(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0]))
-            for _ in range(warmup):
-                self._step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
-            self._step()
-        self.graph = graph
+        # a harmless warm-up row (sigma 1, x kept); the side stream waits for this copy
+        self.row.copy_(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0]))
+        self.graph = capture_graph(self._step, warmup, pool)
 
     def run(self, x0: Tensor, plan: List[Step], generator: Optional[torch.Generator] = None,
             callback=None, progress=None) -> Tensor:

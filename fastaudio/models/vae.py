@@ -27,7 +27,8 @@ class AudioInputError(FastAudioError, ValueError):
 
 
 class ResidualUnit(nn.Module):
-    """Snake → conv k7 (dilated) → Snake → conv k1, plus the input (passed to the conv: added in its epilogue on the Triton path)."""
+    """Snake → conv k7 (dilated) → Snake → conv k1, plus the input (passed to the conv: added in
+    its epilogue on the Triton path)."""
 
     def __init__(self, dim: int, dilation: int):
         super().__init__()

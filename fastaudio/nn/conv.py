@@ -2,9 +2,10 @@
 
 ``conv1d`` and ``conv_transpose1d`` have Triton implicit-GEMM kernels (bias and residual in the
 epilogue) that ``FASTAUDIO_KERNELS=triton`` selects; ``auto`` runs ``F.pad`` + ``F.conv1d`` + add
-(cuDNN) everywhere, because on an H100 cuDNN was faster (see ``CONV_AUTO_TORCH``). Parameter names follow the torch modules they
-replace (``weight``, ``bias``; ``weight_g``/``weight_v`` for weight norm) so reference
-checkpoints load unchanged. Weight norm is folded away for inference with :func:`fold_weight_norm`.
+(cuDNN) everywhere, because on an H100 cuDNN was faster (see ``CONV_AUTO_TORCH``). Parameter
+names follow the torch modules they replace (``weight``, ``bias``; ``weight_g``/``weight_v`` for
+weight norm) so reference checkpoints load unchanged. Weight norm is folded away for inference
+with :func:`fold_weight_norm`.
 """
 from __future__ import annotations
 
