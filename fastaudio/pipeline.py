@@ -270,14 +270,10 @@ class StableAudio:
 
     @staticmethod
     def _compile(module: torch.nn.Module):
-        """torch.compile for inference, static shapes: one specialised graph per latent length
-        (windows are few), never the slower shape-generic code dynamo switches to after seeing a
-        second length. Inductor's weight freezing was measured and left out: on a CPU it changed
-        nothing (guided U-Net step, small preset, 512 frames, 2-core x86, separate processes in
-        turn: 76.3 / 73.7 ms frozen, 76.0 / 74.3 ms not); and passed as a torch.compile option it is
-        not even applied (dynamo decides whether weights become constants before the options are
-        read)."""
-        return torch.compile(module, dynamic=False)
+        """torch.compile for inference (static shapes; on a CPU with frozen, prepacked weights,
+        recompiled if the weights change): see fastaudio/compiled.py."""
+        from .compiled import compile_for_inference
+        return compile_for_inference(module)
 
     def _sample(self, x0, plan, context, mask, neg_ctx, neg_mask, cfg_scale, cfg_rescale,
                 generator, callback, progress) -> Tensor:

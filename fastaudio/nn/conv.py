@@ -9,8 +9,9 @@ with :func:`fold_weight_norm`.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -36,15 +37,44 @@ def _triton_reason(x, weight, bias, stride, padding, dilation, residual) -> Opti
     return conv1d_unsupported_reason(x, weight, bias, stride, padding, dilation, residual)
 
 
+# Inductor prepacks a convolution's weights for oneDNN (and fuses the conv with its pointwise
+# neighbours) only when weights are frozen constants and the conv is 4-D or 5-D: a conv1d is never
+# packed. The frozen CPU compile (fastaudio/compiled.py) therefore traces every conv as a conv2d
+# over (N, C, 1, L); the arithmetic is the same. Read while tracing; dynamo guards on it.
+_CONVS_AS_2D = False
+
+
+@contextlib.contextmanager
+def convs_as_2d() -> Iterator[None]:
+    """Within this block the torch path runs convs as (N, C, 1, L) conv2d (see above)."""
+    global _CONVS_AS_2D
+    previous, _CONVS_AS_2D = _CONVS_AS_2D, True
+    try:
+        yield
+    finally:
+        _CONVS_AS_2D = previous
+
+
 def conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
                  padding: Padding = 0, dilation: int = 1,
                  residual: Optional[Tensor] = None) -> Tensor:
     left, right = _pair(padding)
-    if left == right:
-        y = F.conv1d(x, weight, bias, stride, left, dilation)
+    if left != right:
+        x, left = F.pad(x, (left, right)), 0
+    if _CONVS_AS_2D:
+        y = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), (0, left),
+                     (1, dilation)).squeeze(2)
     else:
-        y = F.conv1d(F.pad(x, (left, right)), weight, bias, stride, 0, dilation)
+        y = F.conv1d(x, weight, bias, stride, left, dilation)
     return y if residual is None else y + residual
+
+
+def conv_transpose1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                           stride: int = 1, padding: int = 0) -> Tensor:
+    if _CONVS_AS_2D:
+        return F.conv_transpose2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride),
+                                  (0, padding)).squeeze(2)
+    return F.conv_transpose1d(x, weight, bias, stride, padding)
 
 
 # On the first GPU measurement (H100, bf16, one quick run of 5 repeats, bench.md) cuDNN's conv plus
@@ -94,7 +124,7 @@ def conv_transpose1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
                   auto_torch_reason=CONV_AUTO_TORCH):
         from fastaudio.kernels.conv1d import conv_transpose1d as conv_transpose1d_triton
         return conv_transpose1d_triton(x, weight, bias, stride=stride, padding=padding)
-    return F.conv_transpose1d(x, weight, bias, stride, padding)
+    return conv_transpose1d_torch(x, weight, bias, stride, padding)
 
 
 class SamePadConv1d(nn.Conv1d):
