@@ -48,9 +48,8 @@ def decode_scaling(model, device: str, dtype: str, seconds: List[float], repeats
         z = torch.randn(1, cfg.vae.latent_dim, frames, device=device, dtype=pipe.dtype)
         decode = lambda: pipe.model.vae.decode(z, chunk_frames=pipe.decode_chunk_frames)
         with torch.inference_mode():
-            decode()  # warm-up
             reset_peak_memory(device)
-            ms = time_ms(decode, device, repeats=repeats)
+            ms = time_ms(decode, device, repeats=repeats)  # its first call warms up
         rows.append({"what": "decode", "preset": cfg.name, "seconds_audio": s, "frames": frames,
                      "dtype": str(pipe.dtype).replace("torch.", ""), "decode_s": round(ms / 1e3, 4),
                      "decode_rtf": round(s / (ms / 1e3), 2), "chunk_frames": pipe.decode_chunk_frames or cfg.vae.chunk_frames,
@@ -112,15 +111,18 @@ def main(argv=None) -> List[dict]:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="stable-audio-1.0" if cuda else "small")
-    p.add_argument("--windows", default=None, help="comma-separated seconds")
+    p.add_argument("--windows", default=None, help="comma-separated seconds ('none': decode rows only)")
     p.add_argument("--modes", default=None, help="eager,compile,graph")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=7.0)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--dtype", default=None)
+    p.add_argument("--decode-seconds", default=None,
+                   help="comma-separated seconds of audio for the decode rows (default: 0.5, 1, 2 "
+                        "and 4 times the window; 'none' skips them)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
-    windows = [float(w) for w in a.windows.split(",")] if a.windows else \
+    windows = [] if a.windows == "none" else [float(w) for w in a.windows.split(",")] if a.windows else \
         ([5, 10, 30, 47, 95.1] if cuda else [3.0, 6.0, 11.9])
     modes = a.modes.split(",") if a.modes else (["eager", "compile", "graph"] if cuda else ["eager", "compile"])
     steps = a.steps or (100 if cuda else 50)
@@ -137,6 +139,8 @@ def main(argv=None) -> List[dict]:
     # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)
     longest = model.config.window_seconds
     seconds = [longest] if a.quick else [longest / 2, longest, 2 * longest, 4 * longest]
+    if a.decode_seconds:
+        seconds = [] if a.decode_seconds == "none" else [float(s) for s in a.decode_seconds.split(",")]
     rows += decode_scaling(model, "cuda" if cuda else "cpu", dtype, seconds, repeats, emit=writer)
     writer.report()
     return rows

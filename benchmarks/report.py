@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from common import ROOT, RESULTS_DIR, read_rows
 
@@ -28,16 +28,21 @@ TITLES = {
 }
 
 
-def latest_runs(rows: List[Dict]) -> Dict[str, List[Dict]]:
-    """device → the rows of its newest run (full runs before quick ones)."""
+def preset_of(r: Dict) -> Optional[str]:
+    return r.get("preset") or r.get("fastaudio_preset")
+
+
+def latest_runs(rows: List[Dict]) -> Dict[Tuple[str, Optional[str]], List[Dict]]:
+    """(device, preset) → the rows of its newest run (full runs before quick ones): a CPU run of
+    SA1.0's shape and one of the small preset are different tables, neither replaces the other."""
     by_run = defaultdict(list)
     for r in rows:
-        by_run[(r.get("device", "?"), r.get("run_id") or r.get("date"))].append(r)
-    best: Dict[str, tuple] = {}
-    for (device, run), rs in by_run.items():
+        by_run[(r.get("device", "?"), preset_of(r), r.get("run_id") or r.get("date"))].append(r)
+    best: Dict[Tuple[str, Optional[str]], tuple] = {}
+    for (device, preset, run), rs in by_run.items():
         key = (not any(r.get("quick") for r in rs), max(r.get("date", "") for r in rs))
-        if device not in best or key > best[device][0]:
-            best[device] = (key, rs)
+        if (device, preset) not in best or key > best[(device, preset)][0]:
+            best[(device, preset)] = (key, rs)
     return {d: v[1] for d, v in best.items()}
 
 
@@ -205,9 +210,11 @@ def plot(device: str, runs: Dict[str, List[Dict]], path: str) -> Optional[str]:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     drew = False
     gen = runs.get("generate", [])
-    for mode in sorted({r["mode"] for r in gen}):
-        pts = sorted((r["window_s"], r["seconds"]) for r in gen if r["mode"] == mode)
-        ax.plot(*zip(*pts), "o-", label=f"fastaudio ({mode})")
+    for preset, mode in sorted({(r["preset"], r["mode"]) for r in gen}):
+        pts = sorted((r["window_s"], r["seconds"]) for r in gen
+                     if r["mode"] == mode and r["preset"] == preset)
+        steps = {r["steps"] for r in gen if r["preset"] == preset}
+        ax.plot(*zip(*pts), "o-", label=f"fastaudio {preset} ({mode}, {'/'.join(map(str, sorted(steps)))} steps)")
         drew = True
     ref = [r for r in runs.get("vs_reference", []) if r["what"] == "end_to_end"]
     if ref:
@@ -254,9 +261,12 @@ def render() -> str:
             continue
         parts.append(f"## {TITLES[subject]}\n\n")
         cols, para = COLUMNS[subject]
-        for device, rs in sorted(latest_runs(rows).items()):
-            per_device[device][subject] = rs
-            parts.append(f"### {device}\n\n" + provenance(rs) + table(rs, cols))
+        runs = latest_runs(rows)
+        for (device, preset), rs in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            per_device[device].setdefault(subject, []).extend(rs)
+            several = len({p for d, p in runs if d == device}) > 1
+            title = f"{device}, preset {preset}" if several else device
+            parts.append(f"### {title}\n\n" + provenance(rs) + table(rs, cols))
             try:
                 parts.append("\n" + para(rs) + "\n")
             except (KeyError, ValueError, ZeroDivisionError) as e:
