@@ -97,6 +97,9 @@ def para_generate(rs):
 def para_decode(rs):
     rs = sorted(rs, key=lambda r: r["seconds_audio"])
     a, b = rs[0], rs[-1]
+    if len(rs) == 1:
+        return (f"Decoding {a['seconds_audio']:.4g} s of audio in {a['chunk_frames']}-frame chunks takes "
+                f"{a['decode_s']:.4g} s, {a['decode_rtf']:.3g}× real time.\n")
     growth = b["decode_s"] / a["decode_s"]
     mem = [r["peak_memory_mb"] for r in rs if r.get("peak_memory_mb") is not None]
     text = (f"From {a['seconds_audio']:.3g} s to {b['seconds_audio']:.3g} s of audio "
