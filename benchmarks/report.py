@@ -64,7 +64,7 @@ def table(rows: List[Dict], cols: List[str], headers: Optional[List[str]] = None
         for c in cols:
             v = r.get(c)
             if isinstance(v, float):
-                v = f"{v:.4g}"
+                v = f"{v:.0f}" if abs(v) >= 1e4 else f"{v:.4g}"  # never 1.317e+04 in a table
             elif isinstance(v, list):
                 v = "×".join(str(x) for x in v)
             cells.append("–" if v is None else str(v))
@@ -80,18 +80,35 @@ def provenance(rs: List[Dict]) -> str:
             f"triton {r.get('triton')}; commit {r.get('commit')}; {r.get('date')}{kind}{quick}*\n\n")
 
 
+def _ms(ms: float) -> str:
+    return f"{ms / 1e3:.3g} s" if ms >= 1e3 else f"{ms:.3g} ms"
+
+
 def para_generate(rs):
     longest = max(rs, key=lambda r: (r["window_s"], -r["seconds"]))
     best = min((r for r in rs if r["window_s"] == longest["window_s"]), key=lambda r: r["seconds"])
-    return (f"The longest window measured, {best['window_s']:g} s with {best['steps']} steps and "
+    text = (f"The longest window measured, {best['window_s']:g} s with {best['steps']} steps and "
             f"guidance {best['cfg_scale']:g}, renders in {best['seconds']:.3g} s ({best['mode']}): a "
-            f"real-time factor of {best['rtf']:.3g}×, {best['ms_per_step']:.3g} ms per sampler step, "
+            f"real-time factor of {best['rtf']:.3g}×, {_ms(best['ms_per_step'])} per sampler step, "
             f"{100 * best['mfu']:.2g} % of the measured matmul peak in the U-Net. Sampling takes "
             f"{100 * best['sampling_s'] / best['seconds']:.0f} % of the time, decoding "
             f"{100 * best['decode_s'] / best['seconds']:.0f} %."
             + (f" The attention core (QKᵀ, PV) is {100 * best['attention_share']:.0f} % of the U-Net's "
-               f"FLOPs at this length, growing with its square." if best.get("attention_share") else "")
-            + "\n")
+               f"FLOPs at this length, growing with its square." if best.get("attention_share") else ""))
+    same = sorted((r for r in rs if r["mode"] == best["mode"]), key=lambda r: r["window_s"])
+    if len(same) > 1:  # how cost grows with duration, in the same mode
+        a, b = same[0], same[-1]
+        longer = b["window_s"] / a["window_s"]
+        text += (f" From {a['window_s']:g} s to {b['window_s']:g} s ({longer:.3g}× longer) a sampler "
+                 f"step takes {b['ms_per_step'] / a['ms_per_step']:.3g}× the time and decoding "
+                 f"{b['decode_s'] / a['decode_s']:.3g}× (linear would be {longer:.3g}×); the attention "
+                 f"share goes from {100 * a['attention_share']:.1f} % to {100 * b['attention_share']:.1f} %.")
+        if a.get("peak_memory_mb") and b.get("peak_memory_mb"):
+            what = ("the process's peak RSS, never reset, windows in ascending order"
+                    if a.get("device_kind") != "cuda" else "peak CUDA memory allocated")
+            text += (f" Peak memory ({what}) goes from {a['peak_memory_mb']:.0f} MB to "
+                     f"{b['peak_memory_mb']:.0f} MB.")
+    return text + "\n"
 
 
 def para_decode(rs):
@@ -221,12 +238,13 @@ def plot(device: str, runs: Dict[str, List[Dict]], path: str) -> Optional[str]:
         drew = True
     ref = [r for r in runs.get("vs_reference", []) if r["what"] == "end_to_end"]
     if ref:
-        ax.plot([r["seconds_audio"] for r in ref], [r["reference_s"] for r in ref], "s", label="stable-audio-tools")
+        ax.plot([r["seconds_audio"] for r in ref], [r["reference_s"] for r in ref], "s",
+                label=f"stable-audio-tools ({ref[0]['preset']}, {ref[0]['steps']} steps)")
         drew = True
     ar = runs.get("vs_autoregressive", [])
     if ar:
         pts = sorted((r["seconds"], r["musicgen_s"]) for r in ar)
-        ax.plot(*zip(*pts), "^-", label=f"MusicGen-{ar[0]['musicgen']}")
+        ax.plot(*zip(*pts), "^-", label=f"MusicGen-{ar[0]['musicgen']} ({ar[0]['musicgen_params_m']:.0f} M)")
         drew = True
     if not drew:
         plt.close(fig)

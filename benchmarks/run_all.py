@@ -4,7 +4,7 @@
     python benchmarks/run_all.py --quick    # smoke run of every benchmark
 
 Each benchmark appends its rows to benchmarks/results/<subject>.jsonl; report.py then shows the
-newest run per device. A benchmark that fails is reported and the others still run.
+newest run per device and preset. A benchmark that fails is reported and the others still run.
 """
 from __future__ import annotations
 
