@@ -3,23 +3,34 @@
 Static shapes everywhere: one specialised graph per latent length (windows are few), never the
 slower shape-generic code dynamo switches to after seeing a second length.
 
-On a CPU the graph is also *frozen*: inductor's ``freezing`` turns the weights into constants, so
-oneDNN gets them prepacked in its blocked layout and each convolution is fused with the pointwise
-ops around it; convs are traced as (N, C, 1, L) conv2d because inductor packs only 4-D/5-D convs
-(``fastaudio.nn.conv.convs_as_2d``). Measured on the small preset's guided U-Net step (512
-frames, batch 2, fp32, 2-core x86, torch 2.13): 74-80 ms compiled, 66 ms frozen with 2-D convs;
-freezing alone changed nothing (conv1d stays unpacked) and 2-D convs without freezing were slower
-(87 ms). GPUs keep plain compilation (unmeasured there; CUDA graphs are the GPU default).
+On a CPU the U-Net's graph is also *frozen*: inductor's ``freezing`` turns the weights into
+constants, so oneDNN gets them prepacked in its blocked layout and each convolution is fused with
+the pointwise ops around it; convs are traced as (N, C, 1, L) conv2d because inductor packs only
+4-D/5-D convs (``fastaudio.nn.conv.convs_as_2d``). Measured on the small preset's guided U-Net
+step (512 frames, batch 2, fp32, 2-core x86, torch 2.13): 74-80 ms compiled, 66 ms frozen with
+2-D convs; freezing alone changed nothing (conv1d stays unpacked) and 2-D convs without freezing
+were slower (87 ms). The cost is memory: each window length's graph holds its own prepacked copy
+of the weights (the small preset's compile-mode peak RSS grew ~230 MB per window length instead
+of ~50 MB). The VAE decoder keeps plain compilation (freezing it measured no faster, within this
+machine's noise), and so do GPUs (unmeasured there; CUDA graphs are the GPU default).
 
-Freezing bakes a copy of the weights into the compiled code, so changing them in place
-afterwards (``load_state_dict`` into the same model) would silently keep the old ones. Every call
-therefore compares the parameters' and buffers' version counters (a few microseconds) and
-recompiles when any changed, with a log line.
+Freezing bakes a copy of the weights into the compiled code, and dynamo's guards only check the
+weights' addresses, so weights changed in place afterwards (``load_state_dict`` into the same
+model) would silently keep the old values - even through a new wrapper, since dynamo's cache
+outlives it. Every call therefore compares the weights' (identity, version counter, address) with
+those the module was last frozen with (one record per module, shared by all wrappers; ~0.1 ms for
+the small U-Net) and, when any changed, logs it and resets dynamo. That reset is process-wide:
+every compiled graph in the process is rebuilt on its next call. Writes through ``tensor.data``
+bypass the version counter and are not seen; rebuild the pipeline after those. Calls are
+serialised by a lock (the inductor settings and the conv flag are process-global while a call
+traces); run other torch.compile work in this process from the same thread.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Tuple
+import threading
+import weakref
+from typing import Any, Callable, List, Tuple
 
 import torch
 from torch import nn
@@ -28,41 +39,47 @@ from .nn.conv import convs_as_2d
 
 log = logging.getLogger("fastaudio")
 
+# module -> the weights' state its frozen graphs were built from (all wrappers share it)
+_frozen_from: "weakref.WeakKeyDictionary[nn.Module, Tuple]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
 
-def compile_for_inference(module: nn.Module) -> Callable[..., Any]:
-    """``module``'s forward compiled for inference on the device its weights live on."""
+
+def compile_for_inference(module: nn.Module, freeze_on_cpu: bool = True) -> Callable[..., Any]:
+    """``module``'s forward compiled for inference; frozen (see above) when its weights live on a
+    CPU and ``freeze_on_cpu``."""
     device = next(module.parameters()).device
-    if device.type == "cpu":
+    if device.type == "cpu" and freeze_on_cpu:
         return FrozenCompiled(module)
     return torch.compile(module, dynamic=False)
 
 
-def _versions(module: nn.Module) -> Tuple[Tuple[int, int, int], ...]:
-    # data_ptr catches a tensor swapped for another (module.weight = ...), _version an in-place write
-    return tuple((id(t), t.data_ptr(), t._version)
-                 for t in (*module.parameters(), *module.buffers()))
-
-
 class FrozenCompiled:
-    """A CPU module compiled with frozen weights; recompiled when its weights change.
-
-    Inference only: call it under ``torch.no_grad()`` (freezing needs gradients off; with them on,
-    inductor compiles without freezing)."""
+    """A CPU module compiled with frozen weights, rebuilt when its weights change. Inference
+    only: every call runs under ``torch.no_grad()`` (freezing needs gradients off)."""
 
     def __init__(self, module: nn.Module):
         self.module = module
         self._compiled = torch.compile(module, dynamic=False)
-        self._versions = _versions(module)
+        # the slots that hold the weights, listed once: walking the module tree every call costs
+        # ~1 ms for the small U-Net, reading these ~0.1 ms
+        self._slots: List[Tuple[dict, str]] = [
+            (table, name) for m in module.modules()
+            for table in (m._parameters, m._buffers) for name in table]
+
+    def _weights_state(self) -> Tuple:
+        return tuple((id(t), t._version, t.data_ptr()) for t in
+                     (table[name] for table, name in self._slots) if t is not None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        versions = _versions(self.module)
-        if versions != self._versions:
-            log.info("%s: weights changed since compilation; recompiling with the new weights",
-                     type(self.module).__name__)
-            # dynamo's cache lives on the forward's code object and its guards do not look at
-            # weight values: the frozen graph would be reused unless the cache is dropped.
-            torch._dynamo.reset()
-            self._compiled = torch.compile(self.module, dynamic=False)
-            self._versions = versions
-        with torch._inductor.config.patch(freezing=True), convs_as_2d():
-            return self._compiled(*args, **kwargs)
+        with _lock:
+            state = self._weights_state()
+            built_from = _frozen_from.get(self.module)
+            if built_from is not None and built_from != state:
+                log.info("%s: weights changed since they were frozen into its compiled graph; "
+                         "resetting dynamo (process-wide) to recompile with the new weights",
+                         type(self.module).__name__)
+                torch._dynamo.reset()
+                _frozen_from.clear()  # every graph is gone: each module records anew
+            _frozen_from[self.module] = state
+            with torch.no_grad(), torch._inductor.config.patch(freezing=True), convs_as_2d():
+                return self._compiled(*args, **kwargs)

@@ -256,7 +256,7 @@ class StableAudio:
         if self.execution != "compile":
             return None
         if self._compiled is None:
-            self._compiled = self._compile(self.model.unet)
+            self._compiled = self._compile(self.model.unet, freeze_on_cpu=True)
         return self._compiled
 
     def _decoder_forward(self):
@@ -265,15 +265,16 @@ class StableAudio:
         if self.execution != "compile":
             return None
         if self._compiled_decoder is None:
-            self._compiled_decoder = self._compile(self.model.vae.decoder)
+            # not frozen: measured no faster on a CPU (fastaudio/compiled.py)
+            self._compiled_decoder = self._compile(self.model.vae.decoder, freeze_on_cpu=False)
         return self._compiled_decoder
 
     @staticmethod
-    def _compile(module: torch.nn.Module):
-        """torch.compile for inference (static shapes; on a CPU with frozen, prepacked weights,
-        recompiled if the weights change): see fastaudio/compiled.py."""
+    def _compile(module: torch.nn.Module, freeze_on_cpu: bool):
+        """torch.compile for inference (static shapes; with ``freeze_on_cpu``, on a CPU, frozen
+        prepacked weights, recompiled if the weights change): see fastaudio/compiled.py."""
         from .compiled import compile_for_inference
-        return compile_for_inference(module)
+        return compile_for_inference(module, freeze_on_cpu)
 
     def _sample(self, x0, plan, context, mask, neg_ctx, neg_mask, cfg_scale, cfg_rescale,
                 generator, callback, progress) -> Tensor:

@@ -39,23 +39,36 @@ def test_conv_transpose_as_2d_matches(stride, padding):
 def _decoder(seed):
     model = build_model("tiny", seed=seed)
     model.vae.fold_weight_norm()
-    return model.vae.decoder.eval().requires_grad_(False)
+    return model.vae.decoder.eval().requires_grad_(False), model.config.vae.decoder.latent_dim
 
 
 @torch.no_grad()
 def test_frozen_compile_matches_eager_and_follows_new_weights():
     torch._dynamo.reset()
-    a, b = _decoder(0), _decoder(1)
-    z = torch.randn(1, build_model("tiny").config.vae.decoder.latent_dim, 9)
+    (a, latent_dim), (b, _) = _decoder(0), _decoder(1)
+    z = torch.randn(1, latent_dim, 9)
     fa, fb = compile_for_inference(a), compile_for_inference(b)
     assert isinstance(fa, FrozenCompiled)
     ya, yb = fa(z), fb(z)  # the second model of the same class keeps its own weights
     torch.testing.assert_close(ya, a(z), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(yb, b(z), rtol=1e-4, atol=1e-5)
     assert (ya - yb).abs().max() > 1e-3
-    a.load_state_dict(b.state_dict())  # in place: the frozen constants are now stale
+    a.load_state_dict(b.state_dict())  # in place: same addresses, new values
+    # the weights really are frozen into the graph: without the wrapper's check it is wrong
+    # (measured: neither the old nor the new weights' output - some stay baked in)
+    with torch._inductor.config.patch(freezing=True), convs_as_2d():
+        assert (fa._compiled(z) - b(z)).abs().max() > 1e-3
     torch.testing.assert_close(fa(z), b(z), rtol=1e-4, atol=1e-5)
-    with torch.no_grad():
-        for p in a.parameters():
-            p.mul_(0.5)
+
+    for p in a.parameters():  # changed in place again, then a *new* wrapper: dynamo's cache
+        p.mul_(0.5)           # outlives wrappers, the record of what was frozen must too
+    torch.testing.assert_close(FrozenCompiled(a)(z), a(z), rtol=1e-4, atol=1e-5)
+
+    conv = next(m for m in a.modules() if isinstance(m, torch.nn.Conv1d))
+    conv.bias = torch.nn.Parameter(conv.bias + 0.25)  # a parameter swapped for another
     torch.testing.assert_close(fa(z), a(z), rtol=1e-4, atol=1e-5)
+
+    with torch.enable_grad():  # inference only: gradients are off inside, results unchanged
+        out = fa(z.clone().requires_grad_(True))
+    assert not out.requires_grad
+    torch.testing.assert_close(out, a(z), rtol=1e-4, atol=1e-5)
