@@ -135,7 +135,7 @@ def main(argv=None) -> List[dict]:
     from fastaudio.pipeline import random_weights_model
     model = random_weights_model(a.preset, seed=0)  # one build serves every mode and the decode rows
     writer = RowWriter("generate", a.quick)
-    rows = bench(model, windows, modes, steps, a.cfg_scale, repeats, dtype, emit=writer)
+    rows = bench(model, windows, modes, steps, a.cfg_scale, repeats, dtype, emit=writer) if windows else []
     # past the window too: 1x, 2x and 4x the longest window (quick: 1x only)
     longest = model.config.window_seconds
     seconds = [longest] if a.quick else [longest / 2, longest, 2 * longest, 4 * longest]

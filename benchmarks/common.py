@@ -132,13 +132,14 @@ def measured_peaks(device: str = "cpu") -> Dict[str, float]:
     TFLOP/s and a large copy in GB/s (read + write). Benchmarks report fractions of these."""
     dev = torch.device(device)
     cuda = dev.type == "cuda"
-    # CPU: 2048 (1024 read 136-161 GFLOP/s on the 2-core dev machine against 174-178 at 2048-4096,
-    # so SA1.0's large convs showed 107 % "MFU" against it)
+    # A peak is the fastest of several samples, not their median: on the 2-core dev machine the
+    # median of a 1024 matmul read 136 GFLOP/s in one run, and SA1.0's large convs then showed
+    # 107 % "MFU" against it. CPU: n = 2048 (161 / 174 / 178 / 176 GFLOP/s at 1024-4096, best of 3).
     n = 8192 if cuda else 2048
     dtype = torch.bfloat16 if cuda else torch.float32
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)
-    ms = time_ms(lambda: a @ b, device, repeats=10 if cuda else 5)
+    ms = min(time_ms(lambda: a @ b, device, repeats=1) for _ in range(10 if cuda else 5))
     tflops = 2 * n ** 3 / (ms * 1e-3) / 1e12
     numel = (1 << 28) if cuda else (1 << 25)
     x = torch.empty(numel, device=dev, dtype=torch.float32)
@@ -146,6 +147,7 @@ def measured_peaks(device: str = "cpu") -> Dict[str, float]:
     ms_copy = time_ms(lambda: y.copy_(x), device, repeats=10 if cuda else 3)
     gbs = 2 * numel * 4 / (ms_copy * 1e-3) / 1e9
     return {"matmul_tflops": round(tflops, 3), "matmul_dtype": str(dtype).replace("torch.", ""),
+            "matmul_n": n,
             "copy_gbs": round(gbs, 1)}
 
 

@@ -98,10 +98,11 @@ def para_generate(rs):
     same = sorted((r for r in rs if r["mode"] == best["mode"]), key=lambda r: r["window_s"])
     if len(same) > 1:  # how cost grows with duration, in the same mode
         a, b = same[0], same[-1]
-        longer = b["window_s"] / a["window_s"]
-        text += (f" From {a['window_s']:g} s to {b['window_s']:g} s ({longer:.3g}× longer) a sampler "
-                 f"step takes {b['ms_per_step'] / a['ms_per_step']:.3g}× the time and decoding "
-                 f"{b['decode_s'] / a['decode_s']:.3g}× (linear would be {longer:.3g}×); the attention "
+        longer = b["frames"] / a["frames"]  # cost follows latent frames (windows round up to 16)
+        text += (f" From {a['window_s']:g} s to {b['window_s']:g} s ({a['frames']} to {b['frames']} "
+                 f"latent frames, {longer:.3g}×) a sampler step takes "
+                 f"{b['ms_per_step'] / a['ms_per_step']:.3g}× the time and decoding "
+                 f"{b['decode_s'] / a['decode_s']:.3g}× (linear in frames would be {longer:.3g}×); the attention "
                  f"share goes from {100 * a['attention_share']:.1f} % to {100 * b['attention_share']:.1f} %.")
         if a.get("peak_memory_mb") and b.get("peak_memory_mb"):
             what = ("the process's peak RSS, never reset, windows in ascending order"
@@ -118,10 +119,11 @@ def para_decode(rs):
         return (f"Decoding {a['seconds_audio']:.4g} s of audio in {a['chunk_frames']}-frame chunks takes "
                 f"{a['decode_s']:.4g} s, {a['decode_rtf']:.3g}× real time.\n")
     growth = b["decode_s"] / a["decode_s"]
+    longer = b["frames"] / a["frames"]
     mem = [r["peak_memory_mb"] for r in rs if r.get("peak_memory_mb") is not None]
     text = (f"From {a['seconds_audio']:.3g} s to {b['seconds_audio']:.3g} s of audio "
-            f"({b['seconds_audio'] / a['seconds_audio']:.3g}× longer) decoding takes {growth:.3g}× the "
-            f"time (linear would be {b['seconds_audio'] / a['seconds_audio']:.3g}×), "
+            f"({longer:.3g}× the latent frames) decoding takes {growth:.3g}× the "
+            f"time (linear would be {longer:.3g}×), "
             f"{b['decode_rtf']:.3g}× real time at the longest.")
     if len(mem) == len(rs):
         text += f" Peak memory goes from {mem[0]:g} MB to {mem[-1]:g} MB."
