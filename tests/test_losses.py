@@ -523,3 +523,33 @@ def test_spectral_convergence_over_the_decoded_audio_pays_for_a_dc_offset():
         torch.testing.assert_close(parts[k], want_parts[k])
     with pytest.raises(LossInputError, match="sc_over"):
         VAEReconstructionLoss(SR, config, sc_over="target")
+
+
+def _bass_and_hiss(f0: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(32768) / 44100
+    bass = 0.1 * torch.sin(2 * math.pi * f0 * t + float(torch.rand(1, generator=g)) * 6.28)
+    hiss = 0.01 * torch.randn(2, 32768, generator=g)
+    return (bass + hiss)[None], 0.5 * hiss[None]  # the real audio; a decode that lost the bass
+
+
+@pytest.mark.parametrize("f0", [55.0, 110.0, 220.0])
+def test_unweighted_spectral_loss_rewards_a_dc_offset_and_dc_error_sees_it(f0):
+    """Why ``vae.dc_weight`` exists: the spectral loss, unweighted and with SA1.0's A-weighting
+    FIR alike, scores a decode that lost the bass *better* with a constant offset added (short
+    STFTs cannot tell an offset from low-frequency content; the FIR does not remove it); the DC
+    error grows with the offset."""
+    from fastaudio.train.config import VAETrainConfig
+    from fastaudio.train.stage_vae import dc_error, spectral_loss_config
+    real, lost_bass = _bass_and_hiss(f0, int(f0))
+    fft = [4096, 2048, 1024, 512, 256, 128, 64, 32]
+    plain = VAEReconstructionLoss(44100, spectral_loss_config(
+        VAETrainConfig(fft_sizes=fft, perceptual_weighting=False)), sc_over="reals")
+    weighted = VAEReconstructionLoss(44100, spectral_loss_config(
+        VAETrainConfig(fft_sizes=fft, perceptual_weighting=True)), sc_over="reals")
+    offset = lost_bass + 0.04
+    assert plain(offset, real)[0] < plain(lost_bass, real)[0] - 0.1
+    assert weighted(offset, real)[0] < weighted(lost_bass, real)[0] - 0.1
+    expected = (offset - real).double().mean(-1).abs().mean()  # fp64 reference
+    torch.testing.assert_close(dc_error(offset, real).double(), expected, rtol=1e-5, atol=1e-7)
+    assert dc_error(offset, real) > dc_error(lost_bass, real) + 0.03

@@ -58,6 +58,13 @@ class VAETrainConfig:
     # (-19 dB at 100 Hz, -30 dB at 50 Hz) - SA1.0's discriminator covers that range, a run
     # without one does not; a larger FFT resolves low fundamentals (4096: 10.8 Hz bins).
     perceptual_weighting: bool = True
+    # Weight of |mean(decoded) - mean(reals)| per item and channel (the DC error). The
+    # magnitude-only spectral loss *rewards* a constant offset: an STFT of 32-256 samples cannot
+    # tell it from low-frequency content (|bin 0| drops the sign), so unweighted runs learned one
+    # offset for every clip (-0.024 on the small preset) in place of the bass and lower harmonics
+    # (removing it raised their loss). SA1.0's A-weighting FIR does not remove the offset either
+    # (tests/test_losses.py); its discriminator can see it. 0: off, as SA1.0.
+    dc_weight: float = 0.0
     fft_sizes: List[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128, 64, 32])
     # Whose magnitudes normalise the spectral convergence ‖|D|−|R|‖/‖·‖: "decoded" as
     # stable-audio-tools computes it (reals passed in the loss's input slot), or "reals". Over the

@@ -45,6 +45,12 @@ def spectral_loss_config(cfg) -> dict:
                        "perceptual_weighting": bool(cfg.perceptual_weighting)}}
 
 
+def dc_error(decoded: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
+    """Mean over items and channels of |mean over time(decoded - reals)|: the DC error that the
+    spectral loss cannot see the sign of (``VAETrainConfig.dc_weight``)."""
+    return (decoded - reals).mean(-1).abs().mean()
+
+
 def kl_weight_at(cfg, step: int) -> float:
     """The KL weight at ``step``: ramps over ``kl_warmup_steps``, then holds."""
     return cfg.kl_weight * ramp(step, cfg.kl_warmup_steps)
@@ -80,6 +86,10 @@ class AutoencoderTrainModule(nn.Module):
         kl_weight = kl_weight_at(cfg, ctx.step)
         loss = cfg.mrstft_weight * rec + kl_weight * kl
         logs = {"mrstft": rec.detach(), "kl": kl.detach(), **{k: v.detach() for k, v in parts.items()}}
+        if cfg.dc_weight:
+            dc = dc_error(recon, audio)
+            loss = loss + cfg.dc_weight * dc
+            logs["dc_error"] = dc.detach()
         if cfg.kl_warmup_steps:
             logs["kl_weight"] = torch.tensor(kl_weight)
         ctx.cache[ctx.micro] = {"reals": audio, "fakes": recon.detach()}
