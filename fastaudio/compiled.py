@@ -10,8 +10,8 @@ the pointwise ops around it; convs are traced as (N, C, 1, L) conv2d because ind
 step (512 frames, batch 2, fp32, 2-core x86, torch 2.13): 74-80 ms compiled, 66 ms frozen with
 2-D convs; freezing alone changed nothing (conv1d stays unpacked) and 2-D convs without freezing
 were slower (87 ms). The cost is memory: each window length's graph holds its own prepacked copy
-of the weights (the small preset's compile-mode peak RSS grew ~230 MB per window length instead
-of ~50 MB). The VAE decoder keeps plain compilation (frozen it decoded 512 frames in 0.44 s against
+of the weights (the small preset's compile-mode peak RSS over three window lengths: 879 / 1049 /
+1189 MB frozen, 833 / 908 / 927 MB before; bench_generate). The VAE decoder keeps plain compilation (frozen it decoded 512 frames in 0.44 s against
 0.35 s plain, bench_vs_reference at ac3b95c and ce44b7e), and so do GPUs (unmeasured there; CUDA
 graphs are the GPU default).
 
