@@ -95,9 +95,10 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def time_ms(fn: Callable[[], object], device="cpu", repeats: int = 10, min_sample_s: float = 1e-3) -> float:
-    """Median milliseconds per call of ``fn`` over ``repeats`` samples (the first call is a warm-up,
-    never timed)."""
+def time_ms(fn: Callable[[], object], device="cpu", repeats: int = 10, min_sample_s: float = 1e-3,
+            statistic: Callable[[List[float]], float] = statistics.median) -> float:
+    """Milliseconds per call of ``fn``: the median (or ``statistic``) of ``repeats`` samples (the
+    first call is a warm-up, never timed)."""
     cuda = torch.device(device).type == "cuda"
     fn()
     sync(device)
@@ -123,7 +124,7 @@ def time_ms(fn: Callable[[], object], device="cpu", repeats: int = 10, min_sampl
             for _ in range(inner):
                 fn()
             samples.append((time.perf_counter() - t0) * 1e3 / inner)
-    return statistics.median(samples)
+    return statistic(samples)
 
 
 @functools.lru_cache(maxsize=4)
@@ -139,7 +140,7 @@ def measured_peaks(device: str = "cpu") -> Dict[str, float]:
     dtype = torch.bfloat16 if cuda else torch.float32
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)
-    ms = min(time_ms(lambda: a @ b, device, repeats=1) for _ in range(10 if cuda else 5))
+    ms = time_ms(lambda: a @ b, device, repeats=10 if cuda else 5, statistic=min)
     tflops = 2 * n ** 3 / (ms * 1e-3) / 1e12
     numel = (1 << 28) if cuda else (1 << 25)
     x = torch.empty(numel, device=dev, dtype=torch.float32)
