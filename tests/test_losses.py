@@ -553,3 +553,53 @@ def test_unweighted_spectral_loss_rewards_a_dc_offset_and_dc_error_sees_it(f0):
     expected = (offset - real).double().mean(-1).abs().mean()  # fp64 reference
     torch.testing.assert_close(dc_error(offset, real).double(), expected, rtol=1e-5, atol=1e-7)
     assert dc_error(offset, real) > dc_error(lost_bass, real) + 0.03
+
+
+@pytest.mark.parametrize("n_fft", [4096, 256, 32])
+def test_log_floor_means_one_level_at_every_resolution_and_hides_only_what_lies_under_it(n_fft):
+    """A sinusoid of amplitude A at a bin centre peaks at A·N/4 in a Hann STFT of N points, so a
+    log_floor of A puts the floor at that peak: below it two signals are equal to the log term,
+    above it they are not; the log term with a floor equals a hand-written clamped L1."""
+    g = torch.Generator().manual_seed(n_fft)
+    n = 4 * n_fft + 37
+    t = torch.arange(n, dtype=torch.float64)
+    k = 3 if n_fft > 32 else 2
+    tone = lambda amp: amp * torch.sin(2 * math.pi * k * t / n_fft)  # bin k exactly
+    floor = 1e-2
+    loss = STFTLoss(n_fft, n_fft // 4, n_fft, w_sc=0.0, log_floor=floor)
+    mag, _ = loss.spectra(tone(floor).view(1, -1))
+    interior = mag[0, k, 2:-2]  # away from the reflect-padded edges
+    assert float((interior / loss.log_floor_magnitude).min()) == pytest.approx(1.0, rel=2e-3)
+    assert float((interior / loss.log_floor_magnitude).max()) == pytest.approx(1.0, rel=2e-3)
+    # Two quiet noises that differ only under the floor (bin magnitudes ~ std·sqrt(3N/8), 20x
+    # under it, yet far over auraloss's eps): the log term cannot tell them apart (without the
+    # floor it can); a loud difference it still sees.
+    std = loss.log_floor_magnitude / (20 * math.sqrt(3 * n_fft / 8))
+    quiet_a = (std * torch.randn(n, generator=g, dtype=torch.float64)).view(1, 1, -1)
+    quiet_b = (std * torch.randn(n, generator=g, dtype=torch.float64)).view(1, 1, -1)
+    assert float(loss(quiet_a, quiet_b)) == 0.0
+    assert float(STFTLoss(n_fft, n_fft // 4, n_fft, w_sc=0.0)(quiet_a, quiet_b)) > 0.1
+    loud = tone(0.1).view(1, 1, -1)
+    # The tone (10x the floor) fills its bin and the two beside it at half height: log 10 + 2 log 5
+    # over N/2 + 1 bins, less at the padded edges.
+    assert float(loss(loud + quiet_a, quiet_b)) > 3.0 / (n_fft // 2 + 1)
+    # Against a hand-written clamped log-magnitude L1 on random signals of mixed level.
+    x = torch.randn(2, 1, n, generator=g, dtype=torch.float64) * torch.logspace(-5, -1, n, dtype=torch.float64)
+    y = torch.randn(2, 1, n, generator=g, dtype=torch.float64) * torch.logspace(-1, -5, n, dtype=torch.float64)
+    w = torch.hann_window(n_fft, dtype=torch.float64)
+    mags = [torch.stft(s.view(2, -1), n_fft, n_fft // 4, n_fft, w, center=True, pad_mode="reflect",
+                       return_complex=True).abs().clamp_min(1e-4) for s in (x, y)]
+    f = floor * n_fft / 4
+    expect = (mags[0].clamp_min(f).log() - mags[1].clamp_min(f).log()).abs().mean()
+    _close(loss(x, y), expect)
+
+
+def test_log_floor_from_the_training_config_and_bad_values():
+    from fastaudio.train.config import VAETrainConfig
+    from fastaudio.train.stage_vae import spectral_loss_config
+    config = spectral_loss_config(VAETrainConfig(log_magnitude_floor_db=-60.0))
+    assert config["config"]["log_floor"] == pytest.approx(1e-3)
+    assert "log_floor" not in spectral_loss_config(VAETrainConfig())["config"]
+    for bad in (0.0, 1.5, -1e-3):
+        with pytest.raises(LossInputError, match="log_floor"):
+            STFTLoss(log_floor=bad)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 from ..config import ConfigError, ModelConfig, from_dict
 
@@ -65,6 +65,10 @@ class VAETrainConfig:
     # (removing it raised their loss). SA1.0's A-weighting FIR does not remove the offset either
     # (tests/test_losses.py); its discriminator can see it. 0: off, as SA1.0.
     dc_weight: float = 0.0
+    # Level in dBFS under which the spectral loss's log-magnitude term stops telling magnitudes
+    # apart (the STFT loss's log_floor, as a sinusoid's amplitude). None: no floor, as SA1.0
+    # (auraloss's eps, -80 dB below a 1.0 bin magnitude, whatever the window).
+    log_magnitude_floor_db: Optional[float] = None
     fft_sizes: List[int] = field(default_factory=lambda: [2048, 1024, 512, 256, 128, 64, 32])
     # Whose magnitudes normalise the spectral convergence ‖|D|−|R|‖/‖·‖: "decoded" as
     # stable-audio-tools computes it (reals passed in the loss's input slot), or "reals". Over the

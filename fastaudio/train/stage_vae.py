@@ -39,10 +39,11 @@ def with_silent_tails(audio: torch.Tensor, prob: float, generators: list) -> tor
 def spectral_loss_config(cfg) -> dict:
     """The spectral loss entry (stable-audio-tools' ``loss_configs["spectral"]`` shape) of a
     VAETrainConfig: SA1.0's exactly with the defaults."""
-    return {"type": "mrstft", "weights": {"mrstft": 1.0},
-            "config": {"fft_sizes": list(cfg.fft_sizes), "hop_sizes": [f // 4 for f in cfg.fft_sizes],
-                       "win_lengths": list(cfg.fft_sizes),
-                       "perceptual_weighting": bool(cfg.perceptual_weighting)}}
+    stft = {"fft_sizes": list(cfg.fft_sizes), "hop_sizes": [f // 4 for f in cfg.fft_sizes],
+            "win_lengths": list(cfg.fft_sizes), "perceptual_weighting": bool(cfg.perceptual_weighting)}
+    if cfg.log_magnitude_floor_db is not None:
+        stft["log_floor"] = 10.0 ** (float(cfg.log_magnitude_floor_db) / 20.0)
+    return {"type": "mrstft", "weights": {"mrstft": 1.0}, "config": stft}
 
 
 def dc_error(decoded: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
