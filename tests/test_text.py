@@ -105,6 +105,41 @@ def test_byte_tokenizer_layout():
         ByteTokenizer()([3], 8)
 
 
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_truncated_prompts_are_reported_not_silent(kind, tmp_path, caplog, monkeypatch):
+    """A prompt longer than the text tower keeps its first max_length - 2 tokens, as LAION-CLAP
+    does, and the log names what was dropped (once per distinct prompt, a few prompts at most);
+    FASTAUDIO_STRICT=1 makes it an error. Short prompts say nothing."""
+    from fastaudio.models import tokenizer as T
+    tok = ByteTokenizer() if kind == "byte" else RobertaTokenizer(str(_train_bpe(tmp_path)))
+    monkeypatch.setattr(T, "_logged_prompts", set())
+    monkeypatch.setattr(T, "truncated_prompts", 0)
+    long = "a slow solo piano melody in D minor with soft strings behind it, 70 BPM"
+    short = "piano"
+    with caplog.at_level("WARNING", logger="fastaudio.tokenizer"):
+        ids, mask = tok([short, long, long], 16)
+        tok([short], 16)
+    assert mask[1].all() and ids[1, -1] == 2 and torch.equal(ids[1], ids[2])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fastaudio.tokenizer"]
+    assert len(warnings) == 1 and repr(long) in warnings[0]
+    assert "70 BPM" in warnings[0].split("dropping")[1]  # the tail is what was lost
+    assert T.truncated_prompts == 2
+    # The kept tokens are the prompt's own first ones: decode them back (byte: exactly).
+    if kind == "byte":
+        assert bytes(int(i) - 4 for i in ids[1, 1:-1]).decode() == long[:14]
+    # Beyond MAX_LOGGED_PROMPTS distinct prompts one last line says logging stops.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fastaudio.tokenizer"):
+        for i in range(T.MAX_LOGGED_PROMPTS + 3):
+            tok([f"{i} " + long], 16)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fastaudio.tokenizer"]
+    assert len(lines) == T.MAX_LOGGED_PROMPTS and "no longer logged" in lines[-1]
+    monkeypatch.setenv("FASTAUDIO_STRICT", "1")
+    with pytest.raises(TokenizerError, match="truncat"):
+        tok([long], 16)
+    tok([short], 16)  # fits: strict mode has nothing to object to
+
+
 @pytest.mark.reference
 def test_laion_clap_text_branch_loads(tmp_path):
     hf = _hf_model(TEXT)

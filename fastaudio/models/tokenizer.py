@@ -8,19 +8,30 @@
 
 Both return ``input_ids`` and ``attention_mask`` of shape (B, max_length): ``<s> … </s>`` then
 ``<pad>``, truncated so that ``</s>`` stays, as LAION-CLAP's ``padding="max_length",
-truncation=True`` does.
+truncation=True`` does. Truncation is never silent: each distinct prompt that loses tokens is
+logged once at WARNING with what was dropped (the first few; then a count in
+:data:`truncated_prompts`), and ``FASTAUDIO_STRICT=1`` makes it an error. It matters for the
+small model: its byte tokenizer spends one position per byte, so 75 bytes is all a prompt gets.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-from typing import List, Sequence, Tuple
+import threading
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from ..errors import FastAudioError
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
+
+log = logging.getLogger("fastaudio.tokenizer")
+MAX_LOGGED_PROMPTS = 5           # distinct truncated prompts named in the log; the rest are counted
+truncated_prompts = 0            # calls' prompts that lost tokens, this process
+_logged_prompts: set = set()
+_lock = threading.Lock()
 
 
 class TokenizerError(FastAudioError, ValueError):
@@ -35,6 +46,33 @@ def _check_prompts(prompts: Sequence[str]) -> List[str]:
         if not isinstance(p, str):
             raise TokenizerError(f"prompt {i} must be a string, got {type(p).__name__}")
     return prompts
+
+
+def _strict() -> bool:
+    return os.environ.get("FASTAUDIO_STRICT", "0").strip().lower() in ("1", "true", "yes")
+
+
+def _body(prompt: str, ids: List[int], max_length: int, kind: str,
+          dropped_text: Callable[[List[int]], str]) -> List[int]:
+    """The first max_length - 2 ids (room for <s> and </s>); a cut is reported, not silent."""
+    global truncated_prompts
+    keep = max_length - 2
+    if len(ids) <= keep:
+        return ids
+    message = (f"prompt of {len(ids)} {kind} tokens truncated to the text tower's {keep}, "
+               f"dropping {dropped_text(ids[keep:])!r} (prompt: {prompt!r})")
+    if _strict():
+        raise TokenizerError(f"FASTAUDIO_STRICT=1 forbids truncating a prompt: {message}")
+    with _lock:
+        truncated_prompts += 1
+        if prompt in _logged_prompts or len(_logged_prompts) > MAX_LOGGED_PROMPTS:
+            return ids[:keep]
+        _logged_prompts.add(prompt)
+        if len(_logged_prompts) > MAX_LOGGED_PROMPTS:
+            message = (f"more prompts are being truncated to {keep} {kind} tokens; no longer "
+                       "logged (count in fastaudio.models.tokenizer.truncated_prompts)")
+    log.warning(message)
+    return ids[:keep]
 
 
 def _pack(rows: List[List[int]], max_length: int) -> Tuple[Tensor, Tensor]:
@@ -53,7 +91,9 @@ class ByteTokenizer:
     def __call__(self, prompts: Sequence[str], max_length: int) -> Tuple[Tensor, Tensor]:
         rows = []
         for p in _check_prompts(prompts):
-            body = [4 + b for b in p.encode("utf-8")][: max_length - 2]
+            ids = [4 + b for b in p.encode("utf-8")]
+            body = _body(p, ids, max_length, "byte",
+                         lambda rest: bytes(i - 4 for i in rest).decode("utf-8", errors="replace"))
             rows.append([BOS] + body + [EOS])
         return _pack(rows, max_length)
 
@@ -98,8 +138,9 @@ class RobertaTokenizer:
 
     def __call__(self, prompts: Sequence[str], max_length: int) -> Tuple[Tensor, Tensor]:
         rows = []
-        for enc in self._tok.encode_batch(_check_prompts(prompts), add_special_tokens=False):
-            body = enc.ids[: max_length - 2]
+        prompts = _check_prompts(prompts)
+        for p, enc in zip(prompts, self._tok.encode_batch(prompts, add_special_tokens=False)):
+            body = _body(p, enc.ids, max_length, "BPE", self._tok.decode)
             rows.append([BOS] + body + [EOS])
         return _pack(rows, max_length)
 
