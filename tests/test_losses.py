@@ -603,3 +603,5 @@ def test_log_floor_from_the_training_config_and_bad_values():
     for bad in (0.0, 1.5, -1e-3):
         with pytest.raises(LossInputError, match="log_floor"):
             STFTLoss(log_floor=bad)
+    with pytest.raises(FastAudioError, match="log_magnitude_floor_db"):
+        spectral_loss_config(VAETrainConfig(log_magnitude_floor_db=6.0))

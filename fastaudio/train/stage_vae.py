@@ -42,6 +42,10 @@ def spectral_loss_config(cfg) -> dict:
     stft = {"fft_sizes": list(cfg.fft_sizes), "hop_sizes": [f // 4 for f in cfg.fft_sizes],
             "win_lengths": list(cfg.fft_sizes), "perceptual_weighting": bool(cfg.perceptual_weighting)}
     if cfg.log_magnitude_floor_db is not None:
+        if not float(cfg.log_magnitude_floor_db) < 0:
+            from .trainer import TrainingError
+            raise TrainingError(f"vae.log_magnitude_floor_db must be a level under full scale "
+                                f"(negative dBFS, e.g. -70), got {cfg.log_magnitude_floor_db}")
         stft["log_floor"] = 10.0 ** (float(cfg.log_magnitude_floor_db) / 20.0)
     return {"type": "mrstft", "weights": {"mrstft": 1.0}, "config": stft}
 
