@@ -122,7 +122,10 @@ def test_truncated_prompts_are_reported_not_silent(kind, tmp_path, caplog, monke
     assert mask[1].all() and ids[1, -1] == 2 and torch.equal(ids[1], ids[2])
     warnings = [r.getMessage() for r in caplog.records if r.name == "fastaudio.tokenizer"]
     assert len(warnings) == 1 and repr(long) in warnings[0]
-    assert "70 BPM" in warnings[0].split("dropping")[1]  # the tail is what was lost
+    dropped = warnings[0].split("dropping ")[1].split(" (prompt:")[0]
+    assert "70 BPM" in dropped and "piano" not in dropped  # the tail is what was lost
+    if kind == "byte":
+        assert dropped == repr(long[14:])
     assert T.truncated_prompts == 2
     # The kept tokens are the prompt's own first ones: decode them back (byte: exactly).
     if kind == "byte":
