@@ -102,8 +102,10 @@ def para_generate(rs):
         text += (f" From {a['window_s']:g} s to {b['window_s']:g} s ({a['frames']} to {b['frames']} "
                  f"latent frames, {longer:.3g}×) a sampler step takes "
                  f"{b['ms_per_step'] / a['ms_per_step']:.3g}× the time and decoding "
-                 f"{b['decode_s'] / a['decode_s']:.3g}× (linear in frames would be {longer:.3g}×); the attention "
-                 f"share goes from {100 * a['attention_share']:.1f} % to {100 * b['attention_share']:.1f} %.")
+                 f"{b['decode_s'] / a['decode_s']:.3g}× (linear in frames would be {longer:.3g}×)"
+                 + (f"; the attention share goes from {100 * a['attention_share']:.1f} % to "
+                    f"{100 * b['attention_share']:.1f} %" if a.get("attention_share") and b.get("attention_share")
+                    else "") + ".")
         if a.get("peak_memory_mb") and b.get("peak_memory_mb"):
             what = ("the process's peak RSS, never reset, windows in ascending order"
                     if a.get("device_kind") != "cuda" else "peak CUDA memory allocated")

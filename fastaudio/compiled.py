@@ -11,9 +11,9 @@ step (512 frames, batch 2, fp32, 2-core x86, torch 2.13): 74-80 ms compiled, 66 
 2-D convs; freezing alone changed nothing (conv1d stays unpacked) and 2-D convs without freezing
 were slower (87 ms). The cost is memory: each window length's graph holds its own prepacked copy
 of the weights (the small preset's compile-mode peak RSS over three window lengths: 879 / 1049 /
-1189 MB frozen, 833 / 908 / 927 MB before; bench_generate). The VAE decoder keeps plain compilation (frozen it decoded 512 frames in 0.44 s against
-0.35 s plain, bench_vs_reference at ac3b95c and ce44b7e), and so do GPUs (unmeasured there; CUDA
-graphs are the GPU default).
+1189 MB frozen, 833 / 908 / 927 MB before; bench_generate). The VAE decoder keeps plain
+compilation (frozen it decoded 512 frames in 0.44 s against 0.35 s plain, bench_vs_reference at
+ac3b95c and ce44b7e), and so do GPUs (unmeasured there; CUDA graphs are the GPU default).
 
 Freezing bakes a copy of the weights into the compiled code, and dynamo's guards only check the
 weights' addresses, so weights changed in place afterwards (``load_state_dict`` into the same

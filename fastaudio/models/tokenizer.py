@@ -24,6 +24,7 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 from torch import Tensor
 from ..errors import FastAudioError
+from ..nn.dispatch import strict
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 
@@ -48,10 +49,6 @@ def _check_prompts(prompts: Sequence[str]) -> List[str]:
     return prompts
 
 
-def _strict() -> bool:
-    return os.environ.get("FASTAUDIO_STRICT", "0").strip().lower() in ("1", "true", "yes")
-
-
 def _body(prompt: str, ids: List[int], max_length: int, kind: str,
           dropped_text: Callable[[List[int]], str]) -> List[int]:
     """The first max_length - 2 ids (room for <s> and </s>); a cut is reported, not silent."""
@@ -61,7 +58,7 @@ def _body(prompt: str, ids: List[int], max_length: int, kind: str,
         return ids
     message = (f"prompt of {len(ids)} {kind} tokens truncated to the text tower's {keep}, "
                f"dropping {dropped_text(ids[keep:])!r} (prompt: {prompt!r})")
-    if _strict():
+    if strict():
         raise TokenizerError(f"FASTAUDIO_STRICT=1 forbids truncating a prompt: {message}")
     with _lock:
         truncated_prompts += 1

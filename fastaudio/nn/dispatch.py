@@ -61,7 +61,7 @@ def set_kernel_mode(mode: Optional[str]) -> None:
 
 
 def strict() -> bool:
-    return os.environ.get("FASTAUDIO_STRICT", "0").strip() in ("1", "true", "yes")
+    return os.environ.get("FASTAUDIO_STRICT", "0").strip().lower() in ("1", "true", "yes")
 
 
 def record_path(op: str, path: str, reason: Optional[str] = None) -> None:
