@@ -168,3 +168,65 @@ def unet_kwargs(cfg) -> dict:
     if kw.pop("use_pooled_context"):
         kw["context_features"] = cfg.context_embedding_features
     return kw
+
+
+def sat():
+    """stable-audio-tools' DiT-family modules and its generation path, as a namespace:
+    ``dit``, ``transformer``, ``autoencoders``, ``bottleneck``, ``conditioners``, ``diffusion``,
+    ``factory``, ``sampling``, ``generation``, ``blocks``.
+
+    Those files import torchaudio (which does not load beside the CPU torch 2.13 build) and
+    alias_free_torch for paths the Stable Audio Open models never take (resampling, anti-aliased
+    activations); those names are stubbed with classes that raise if they are ever called.
+    The package ``__init__`` (huggingface_hub downloads) is bypassed like the other loaders.
+    k-diffusion (the reference's sampler) is loaded first with :func:`kdiffusion`.
+    """
+    if "sat" in _cache:
+        return _cache["sat"]
+    for dep in ("einops", "einops_exts", "packaging", "safetensors"):
+        if importlib.util.find_spec(dep) is None:
+            _missing(f"{dep} is not installed")
+    root = _package_dir("stable_audio_tools")
+    if root is None:
+        _missing("stable-audio-tools is not installed (pip install --no-deps stable-audio-tools)")
+    kd = kdiffusion()
+
+    class _Unused:  # stands in for torchaudio / alias_free_torch classes the open models never build
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(f"{type(self).__name__} is a test stub (torchaudio is not loadable here)")
+
+    stubs = {}
+    if importlib.util.find_spec("torchaudio") is None or "torchaudio" not in sys.modules:
+        ta = types.ModuleType("torchaudio")
+        ta.transforms = types.ModuleType("torchaudio.transforms")
+        for name in ("Resample", "MelSpectrogram", "Spectrogram", "InverseSpectrogram"):
+            setattr(ta.transforms, name, type(name, (_Unused,), {}))
+        ta.functional = types.ModuleType("torchaudio.functional")
+        stubs.update({"torchaudio": ta, "torchaudio.transforms": ta.transforms,
+                      "torchaudio.functional": ta.functional})
+    if importlib.util.find_spec("alias_free_torch") is None:
+        aft = types.ModuleType("alias_free_torch")
+        aft.Activation1d = type("Activation1d", (_Unused,), {})
+        stubs["alias_free_torch"] = aft
+    added = [n for n in stubs if n not in sys.modules]
+    for n in added:
+        sys.modules[n] = stubs[n]
+    for pkg, sub in (("stable_audio_tools", ""), ("stable_audio_tools.models", "models"),
+                     ("stable_audio_tools.inference", "inference"), ("stable_audio_tools.data", "data")):
+        if pkg not in sys.modules or not hasattr(sys.modules[pkg], "__path__"):
+            m = types.ModuleType(pkg)
+            m.__path__ = [os.path.join(root, sub) if sub else root]
+            sys.modules[pkg] = m
+    try:
+        mods = {name: importlib.import_module(f"stable_audio_tools.{path}") for name, path in (
+            ("sampling", "inference.sampling"), ("generation", "inference.generation"),
+            ("blocks", "models.blocks"), ("transformer", "models.transformer"),
+            ("dit", "models.dit"), ("bottleneck", "models.bottleneck"),
+            ("autoencoders", "models.autoencoders"), ("conditioners", "models.conditioners"),
+            ("diffusion", "models.diffusion"), ("factory", "models.factory"))}
+    finally:  # other libraries probe for torchaudio: leave no stub behind
+        for n in added:
+            sys.modules.pop(n, None)
+    mods["kdiffusion"] = kd
+    _cache["sat"] = types.SimpleNamespace(**mods)
+    return _cache["sat"]
