@@ -80,8 +80,7 @@ def bench(model, windows: List[float], modes: List[str], steps: int, cfg_scale: 
             reset_peak_memory(device)
             timings = []
             for _ in range(repeats):
-                pipe.generate("benchmark prompt", **kw)
-                timings.append(dict(pipe.last_timings))
+                timings.append(pipe.generate("benchmark prompt", **kw).timings)
             t = {k: sorted(d[k] for d in timings)[len(timings) // 2] for k in timings[0]}
             groups = 2 if cfg_scale != 1.0 else 1
             tflop = unet_tflop(preset, frames, groups) * steps

@@ -78,8 +78,7 @@ def bench(size: str, seconds: List[float], preset: str, steps, dtype_name: str,
         ar = time.perf_counter() - t0
         fs = min(s, pipe.config.window_seconds)
         pipe.generate("warm-up", seconds_total=fs, steps=steps, seed=0)
-        pipe.generate("a benchmark prompt", seconds_total=fs, steps=steps, seed=0)
-        fa = pipe.last_timings["total"]
+        fa = pipe.generate("a benchmark prompt", seconds_total=fs, steps=steps, seed=0).timings["total"]
         row = {"musicgen": size, "musicgen_params_m": round(params / 1e6, 1), "scaled_down": size == "tiny",
                "seconds": s, "musicgen_s": round(ar, 3), "musicgen_rtf": round(s / ar, 3),
                "musicgen_samples": int(out.shape[-1]), "fastaudio_preset": preset,

@@ -89,8 +89,9 @@ def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name:
     def ref_decode(latents):
         return ref_decoder(latents.to(dtype))
 
-    from fastaudio.diffusion.guidance import GuidedV
-    ours_v = {e: GuidedV(p.model.unet, context, mask, cfg_scale, 0.4, forward=p._unet_forward())
+    from fastaudio.models.unet_guidance import UNetConditioning
+    ours_v = {e: p.model.guided(UNetConditioning(context, mask), cfg_scale, 0.4,
+                                forward=p._backbone_forward())
               for e, p in pipes.items()}
     x1 = torch.randn(1, cfg.vae.latent_dim, frames, generator=g, device=device)
     t1 = torch.full((1,), 0.5, device=device)
@@ -102,9 +103,8 @@ def bench(preset: str, seconds: float, steps: int, cfg_scale: float, dtype_name:
         _, r["decode_reference"] = timed(lambda: ref_decode(lat), device)
         for e, p in pipes.items():  # each execution mode against the same reference repetition
             _, r[f"unet_step_{e}"] = timed(lambda: ours_v[e](x1, t1), device)
-            p.generate("a benchmark prompt", seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
-                       seed=0)
-            t = p.last_timings
+            t = p.generate("a benchmark prompt", seconds_total=seconds, steps=steps,
+                           cfg_scale=cfg_scale, seed=0).timings
             r[f"sampling_{e}"], r[f"decode_{e}"], r[f"end_to_end_{e}"] = (
                 t["sampling"], t["decoding"], t["total"])
         r["end_to_end_reference"] = r["sampling_reference"] + r["decode_reference"] + t["text_encoding"]

@@ -9,7 +9,8 @@
 __version__ = "0.1.0"
 
 from .checkpoints import CheckpointError, load_model, save_model  # noqa: E402
-from .config import ConfigError, ModelConfig, load_config, preset  # noqa: E402
+from .config import ConfigError, ModelConfig, preset  # noqa: E402
+from .config_files import load_config  # noqa: E402
 from .models.stable_audio import StableAudioModel, build_model  # noqa: E402
 
 __all__ = ["build_model", "load_model", "save_model", "StableAudioModel", "ModelConfig",

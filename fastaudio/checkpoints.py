@@ -24,7 +24,8 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_path, atomic_write_text
-from .config import ConfigError, ModelConfig, config_from_obj, config_to_json
+from .config import ConfigError, ModelConfig, config_to_json
+from .config_files import read_model_config
 from .models.clap import CLAP, load_laion_clap_text
 from .models.stable_audio import StableAudioModel
 from .errors import FastAudioError
@@ -229,7 +230,7 @@ def load_model(path: str, device: Optional[Union[str, torch.device]] = None,
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {cfg_path}: {e}") from None
     try:
-        cfg: ModelConfig = config_from_obj(raw, cfg_path)
+        cfg: ModelConfig = read_model_config(raw, cfg_path)
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path}: {e}") from None
     is_reference = "model_type" in raw

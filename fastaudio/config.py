@@ -3,8 +3,8 @@
 A model is described by one :class:`ModelConfig` tree of dataclasses. ``to_dict``/``from_dict``
 round-trip it through JSON; ``from_dict`` rejects unknown keys and wrong types with a
 :class:`ConfigError` naming the key path (``unet.multipliers[2]``), never a silent default.
-:func:`load_config` also reads stable-audio-tools' own ``model_config.json`` format
-(see :mod:`fastaudio.reference_config`).
+This module reads fastaudio's own JSON format only; :func:`fastaudio.config_files.load_config`
+also reads stable-audio-tools' ``model_config.json`` files.
 
 Presets (``preset(name)``):
 
@@ -305,12 +305,12 @@ def config_from_json(text: str, source: str = "config") -> ModelConfig:
 
 
 def config_from_obj(data: Any, source: str = "config") -> ModelConfig:
-    """Our format, or stable-audio-tools' model_config.json (recognised by ``model_type``)."""
+    """fastaudio's own format. (stable-audio-tools' files: :mod:`fastaudio.config_files`.)"""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object")
     if "model_type" in data:
-        from .reference_config import config_from_reference
-        return config_from_reference(data, source)
+        raise ConfigError(f"{source}: a stable-audio-tools model_config.json, not fastaudio's "
+                          "format: read it with fastaudio.load_config (fastaudio.config_files)")
     data = dict(data)
     tag = data.pop("format", FORMAT_TAG)
     version = data.pop("format_version", FORMAT_VERSION)
@@ -320,15 +320,6 @@ def config_from_obj(data: Any, source: str = "config") -> ModelConfig:
         raise ConfigError(f"{source}: format_version {version} is not supported "
                           f"(this fastaudio reads {FORMAT_VERSION})")
     return from_dict(ModelConfig, data).validate()
-
-
-def load_config(path: str) -> ModelConfig:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
-    return config_from_json(text, source=str(path))
 
 
 def _join(path: str, key: str) -> str:

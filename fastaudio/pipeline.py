@@ -1,149 +1,112 @@
-"""Text to audio: ``StableAudio.generate(prompt, seconds_total)`` → (B, 2, N) at 44.1 kHz.
+"""Text to audio: ``StableAudio.generate(prompt, seconds_total)`` → :class:`GenerationOutput`.
 
-Stages, each under an NVTX range and timed in ``pipe.last_timings``:
-text encoding (CLAP + timing tables) → sampling (DPM-Solver++ over the guided U-Net, one CUDA
-graph replay per step on CUDA) → decoding (the VAE in overlapping chunks) → trim to
-seconds_total.
+``generate`` is built from four named stages, each public so a run can be taken apart,
+reproduced or compared (and each under an NVTX range, timed in ``output.timings``):
+
+1. :meth:`StableAudio.encode_prompt` – text and timing conditioning (the model family's own);
+2. :meth:`StableAudio.prepare_latents` – standard-normal initial noise, one generator per item;
+3. :meth:`StableAudio.sample` – the sampler over the guided backbone (U-Net or DiT), one CUDA
+   graph replay per step on CUDA;
+4. :meth:`StableAudio.decode` – the VAE in overlapping chunks; then trimmed to seconds_total.
+
+The pipeline knows no model family: it asks the model for its conditioning, its guided backbone
+and its objective (v or rectified flow, :mod:`fastaudio.diffusion.objectives`).
 """
 from __future__ import annotations
 
 import logging
 import math
-import numbers
-import random
-from typing import Callable, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .checkpoints import load_model
 from .diffusion.cuda_graph import GraphCache, StepRunner
-from .diffusion.guidance import GuidedV
-from .diffusion.samplers import PLANS, make_plan
-from .diffusion.schedule import VDenoiser
-from .diffusion.sigmas import get_sigmas
-from .errors import FastAudioError
-from .models.stable_audio import StableAudioModel, build_model
+from .diffusion.objectives import objective
+from .pipeline_args import (GenerationError, default_dtype, number, parse_device, parse_dtype,
+                            positive_int, prompt_list, seed_list)
 from .profiling import StageTimer
 
 log = logging.getLogger("fastaudio")
 
 EXECUTIONS = ("auto", "eager", "graph", "compile")
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+__all__ = ["StableAudio", "GenerationOutput", "GenerationError", "EXECUTIONS"]
 
 
-class GenerationError(FastAudioError, ValueError):
-    """Arguments to generate() that cannot be served; the message names the argument."""
+@dataclass
+class GenerationOutput:
+    """What one :meth:`StableAudio.generate` call made.
 
-
-def parse_dtype(dtype: Union[None, str, torch.dtype]) -> Optional[torch.dtype]:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return DTYPES[dtype.lower()]
-    except KeyError:
-        raise GenerationError(f"unknown dtype {dtype!r} (fp32, bf16, fp16)") from None
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def _number(name: str, value, low: float, high: float, inclusive_low: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise GenerationError(f"{name} must be a finite number, got {value!r}")
-    value = float(value)
-    if value < low or (value == low and not inclusive_low) or value > high:
-        lo = ">=" if inclusive_low else ">"
-        raise GenerationError(f"{name} must be {lo} {low:g} and <= {high:g}, got {value:g}")
-    return value
-
-
-def parse_device(device: Union[None, str, torch.device]) -> torch.device:
-    if device is None:
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise GenerationError(f"unknown device {device!r} ({e})") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise GenerationError(f"device {device!r}: no CUDA device is available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise GenerationError(f"device {device!r}: only {torch.cuda.device_count()} CUDA devices")
-    elif dev.type != "cpu":
-        raise GenerationError(f"device {device!r}: fastaudio runs on cpu or cuda")
-    return dev
+    ``audio`` (B, 2, N) float32 at ``sample_rate`` (trimmed to seconds_total unless
+    ``trim=False``); ``seeds`` one per item (``seeds[i]`` alone reproduces item i);
+    ``latents`` (B, C, frames) the rendered window before decoding; ``timings`` seconds per stage
+    and ``total``."""
+    audio: Tensor
+    sample_rate: int
+    seeds: List[int]
+    latents: Tensor
+    timings: Dict[str, float]
 
 
 def random_weights_model(name: str, seed: int = 0):
-    """A preset with random weights, for benchmarks. A preset whose text tower reads RoBERTa's BPE
-    (stable-audio-1.0) ships no tokenizer files, so its prompts go through the byte tokenizer
-    instead, with a log line: with random weights the tokens mean nothing either way, and the text
-    tower's cost is the same (max_length positions)."""
-    model = build_model(name, seed=seed)
-    clap = model.conditioner.clap
-    if clap.tokenizer is None:
-        from .models.tokenizer import ByteTokenizer
-        log.warning("preset %r with random weights: no RoBERTa tokenizer files, prompts are read as "
-                    "UTF-8 bytes (benchmark use only)", name)
-        clap.tokenizer = ByteTokenizer()
-    return model
+    """A preset with random weights, for benchmarks (``fastaudio.presets``)."""
+    from .presets import build_preset_model
+    return build_preset_model(name, seed=seed)
 
 
 class StableAudio:
-    """The text-to-audio pipeline around a :class:`StableAudioModel`.
+    """The text-to-audio pipeline around a model of any supported family.
 
-    The model is prepared for inference in place (weight norm folded, U-Net and VAE moved to the
-    device and dtype, gradients off): pass a copy if you keep training it.
+    The model is prepared for inference in place (weight norm folded, backbone and VAE moved to
+    the device and dtype, gradients off): pass a copy if you keep training it. ``dtype`` is the
+    pipeline's: :meth:`to` changes it; ``generate(dtype=...)`` only confirms it (a different
+    value raises rather than silently converting the weights for this and every later call).
     """
 
-    def __init__(self, model: StableAudioModel, device: Union[None, str, torch.device] = None,
+    def __init__(self, model, device: Union[None, str, torch.device] = None,
                  dtype: Union[None, str, torch.dtype] = None, execution: str = "auto",
                  decode_chunk_frames: Optional[int] = None):
         if execution not in EXECUTIONS:
             raise GenerationError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
         self.device = parse_device(device)
-        # VAE decoding chunks: 1024 latent frames on a GPU (a 96 x 1 M-sample bf16 activation is
-        # ~200 MB; the 32-frame overlap then costs 3 %); 256 on a CPU, where cache locality beats
-        # the overlap's cost (small preset, 512 frames, 2-core x86, 5 runs each, twice: chunks of
-        # 128 / 256 / none decode in 0.56-0.66 / 0.45-0.53 / 0.55-0.58 s).
-        self.decode_chunk_frames = decode_chunk_frames or (1024 if self.device.type == "cuda" else 256)
         self.dtype = parse_dtype(dtype) or default_dtype(self.device)
         if execution == "auto":
             execution = "graph" if self.device.type == "cuda" else "eager"
         if execution == "graph" and self.device.type != "cuda":
             raise GenerationError("execution='graph' needs a CUDA device (CUDA graphs)")
         self.execution = execution
+        self.decode_chunk_frames = decode_chunk_frames or model.default_decode_chunk_frames(self.device.type)
+        self.objective = objective(model.objective)
         model.vae.fold_weight_norm()
         self.model = model.eval().requires_grad_(False)
         self._place()
-        self._graphs = GraphCache()
-        self._compiled = self._compiled_decoder = None
-        self.last_timings: dict = {}
-        self.last_seed: Optional[int] = None
-        self.last_latents: Optional[torch.Tensor] = None  # the last call's latents (whole window)
 
     def _place(self) -> None:
         m = self.model
-        m.conditioner.to(self.device)  # the text tower stays fp32: small, and closest to training
-        m.unet.to(self.device, self.dtype)
+        m.conditioner.to(self.device)  # text encoders stay fp32: small, and closest to training
+        m.backbone.to(self.device, self.dtype)
         m.vae.to(self.device, self.dtype)
         self._graphs = GraphCache()
         self._compiled = self._compiled_decoder = None
+
+    def to(self, device: Union[None, str, torch.device] = None,
+           dtype: Union[None, str, torch.dtype] = None) -> "StableAudio":
+        """Move the pipeline (weights, captured graphs dropped) to another device and/or dtype."""
+        new_device = parse_device(device) if device is not None else self.device
+        new_dtype = parse_dtype(dtype) or self.dtype
+        if self.execution == "graph" and new_device.type != "cuda":
+            raise GenerationError("execution='graph' needs a CUDA device (CUDA graphs)")
+        self.device, self.dtype = new_device, new_dtype
+        self._place()
+        return self
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str, device=None, dtype=None, execution: str = "auto",
                         **load_kwargs) -> "StableAudio":
-        """A fastaudio model folder or a stable-audio-tools checkpoint (see ``load_model``)."""
+        """A model folder of any supported layout (see :func:`fastaudio.load_model`)."""
+        from .checkpoints import load_model
         return cls(load_model(path, **load_kwargs), device, dtype, execution)
 
     @classmethod
@@ -160,143 +123,188 @@ class StableAudio:
     def sample_rate(self) -> int:
         return self.model.config.sample_rate
 
-    # -- generation -------------------------------------------------------------------------
+    # -- stages -----------------------------------------------------------------------------
     def window_frames(self, window: Optional[float], seconds_total: float) -> int:
         """Latent frames rendered: the full window, or ``window`` seconds rounded up to the
-        U-Net's length multiple."""
+        backbone's length multiple."""
         cfg = self.config
         full = cfg.latent_length
         if window is None:
             return full
-        window = _number("window", window, 0, cfg.window_seconds)
+        window = number("window", window, 0, cfg.window_seconds)
         if window < seconds_total:
             raise GenerationError(f"window ({window:g} s) is shorter than seconds_total "
                                   f"({seconds_total:g} s)")
-        frames = math.ceil(window * cfg.sample_rate / cfg.vae.downsampling_ratio)
+        frames = math.ceil(window * cfg.sample_rate / self.model.vae.ratio)
         multiple = cfg.latent_multiple
         return min(full, math.ceil(frames / multiple) * multiple)
 
     @torch.no_grad()
+    def encode_prompt(self, prompt: Union[str, Sequence[str]], seconds_start: float = 0.0,
+                      seconds_total: Optional[float] = None, negative_prompt: Optional[str] = None,
+                      batch_size: int = 1):
+        """The model family's conditioning object for these prompts and timings (what
+        :meth:`sample` takes). ``seconds_total`` defaults to the model's window."""
+        prompts = prompt_list(prompt, batch_size)
+        cfg = self.config
+        seconds_total = cfg.window_seconds if seconds_total is None else \
+            number("seconds_total", seconds_total, 0, cfg.window_seconds)
+        seconds_start = number("seconds_start", seconds_start, 0, self.model.max_seconds_start,
+                               inclusive_low=True)
+        negatives = None if negative_prompt is None else [negative_prompt] * len(prompts)
+        return self.model.encode_conditioning(prompts, seconds_start, seconds_total, negatives)
+
+    def _generators(self, seeds: Sequence[int]) -> List[torch.Generator]:
+        return [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+
+    def prepare_latents(self, batch_size: int, frames: int, seeds: Sequence[int],
+                        latents: Optional[Tensor] = None,
+                        generators: Optional[List[torch.Generator]] = None) -> Tensor:
+        """Standard-normal initial noise (B, C, frames) in fp32 on the pipeline's device: item i
+        drawn from its own generator seeded with ``seeds[i]``; or ``latents`` checked and used
+        as given (the sampler scales it, as the reference scales its noise)."""
+        shape = (batch_size, self.model.vae.latent_dim, frames)
+        if latents is not None:
+            if not isinstance(latents, Tensor) or tuple(latents.shape) != shape:
+                got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+                raise GenerationError(f"latents must have shape {shape} (batch, latent channels, "
+                                      f"window frames), got {got}")
+            if not latents.is_floating_point() or not torch.isfinite(latents).all():
+                raise GenerationError("latents must be finite floating-point noise")
+            return latents.to(self.device, torch.float32)
+        gens = generators if generators is not None else self._generators(seeds)
+        return torch.stack([torch.randn(shape[1:], generator=g, device=self.device, dtype=torch.float32)
+                            for g in gens])
+
+    @torch.no_grad()
+    def sample(self, noise: Tensor, cond, steps: Optional[int] = None,
+               cfg_scale: Optional[float] = None, cfg_rescale: Optional[float] = None,
+               sampler: Optional[str] = None, sigma_min: Optional[float] = None,
+               sigma_max: Optional[float] = None,
+               generators: Optional[List[torch.Generator]] = None,
+               callback: Optional[Callable[[dict], None]] = None, progress: bool = False) -> Tensor:
+        """Run the sampler from standard-normal ``noise`` under ``cond`` (from
+        :meth:`encode_prompt`); returns the latents (B, C, frames) in fp32. Unset arguments come
+        from the model config's ``sampling`` section. ``generators`` (one per item) draw the SDE
+        or pingpong noise."""
+        s = self.config.sampling
+        steps = positive_int("steps", s.steps if steps is None else steps)
+        cfg_scale = number("cfg_scale", s.cfg_scale if cfg_scale is None else cfg_scale, 0, 100)
+        cfg_rescale = number("cfg_rescale", s.cfg_rescale if cfg_rescale is None else cfg_rescale,
+                             0, 1, inclusive_low=True)
+        sampler = s.sampler if sampler is None else sampler
+        obj = self.objective
+        if sampler not in obj.plans:
+            raise GenerationError(f"unknown sampler {sampler!r} for this {obj.name}-objective model "
+                                  f"(choose from {', '.join(obj.plans)})")
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if value is not None:
+                number(name, value, 0, 1e6)
+        try:
+            schedule = obj.schedule(steps, s, sigma_min, sigma_max, noise.shape[-1])
+            plan = obj.plans[sampler](schedule)
+        except ValueError as e:  # ScheduleError / SamplerError name the problem
+            raise GenerationError(str(e)) from None
+        x0 = obj.start(noise, schedule)
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(plan), desc="sampling", unit="step", leave=False) if progress else None
+        try:
+            runner = self._runner(x0, cond, cfg_scale, cfg_rescale)
+            return runner.run(x0, plan, generators, callback, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _runner(self, x0: Tensor, cond, cfg_scale: float, cfg_rescale: float) -> StepRunner:
+        if self.execution != "graph":
+            guided = self.model.guided(cond, cfg_scale, cfg_rescale, forward=self._backbone_forward())
+            return StepRunner(self.objective.denoiser(guided), x0)
+        has_negative = getattr(cond, "negative_context", None) is not None or \
+            getattr(cond, "negative_cross_attn_cond", None) is not None
+        key = (tuple(x0.shape), self.dtype, cfg_scale, cfg_rescale, has_negative)
+
+        def make() -> StepRunner:
+            guided = self.model.guided(cond, cfg_scale, cfg_rescale)
+            runner = StepRunner(self.objective.denoiser(guided), x0)
+            runner.guided = guided
+            runner.capture(pool=self._graphs.shared_pool())
+            return runner
+        runner = self._graphs.get(key, make)
+        runner.guided.set_conditioning(cond)
+        return runner
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents (B, C, frames) → audio (B, 2, frames · downsampling) in fp32, in chunks."""
+        audio = self.model.vae.decode(latents.to(self.device, self.dtype),
+                                      chunk_frames=self.decode_chunk_frames,
+                                      decoder=self._decoder_forward())
+        return audio.float()
+
+    # -- the whole run ----------------------------------------------------------------------
+    @torch.no_grad()
     def generate(self, prompt: Union[str, Sequence[str]], seconds_total: float,
                  seconds_start: float = 0, steps: Optional[int] = None,
                  cfg_scale: Optional[float] = None, negative_prompt: Optional[str] = None,
-                 seed: Optional[int] = None, batch_size: int = 1, sampler: Optional[str] = None,
-                 dtype: Union[None, str, torch.dtype] = None, window: Optional[float] = None,
+                 seed: Union[None, int, Sequence[int]] = None, batch_size: int = 1,
+                 sampler: Optional[str] = None, dtype: Union[None, str, torch.dtype] = None,
+                 window: Optional[float] = None, latents: Optional[Tensor] = None,
+                 sigma_min: Optional[float] = None, sigma_max: Optional[float] = None,
                  callback: Optional[Callable[[dict], None]] = None,
                  cfg_rescale: Optional[float] = None, progress: bool = False,
-                 trim: bool = True) -> Tensor:
-        """Render ``prompt`` for ``seconds_total`` seconds: (batch, 2, round(seconds·44100)).
+                 trim: bool = True) -> GenerationOutput:
+        """Render ``prompt`` for ``seconds_total`` seconds.
 
         Defaults (steps, cfg_scale, sampler, cfg_rescale, sigmas) come from the model config's
-        ``sampling`` section. ``window`` renders fewer latent frames than the full window for
-        short clips (default: the full window, as the paper). ``callback`` receives
-        k-diffusion's step dict after each step. ``trim=False`` returns the whole rendered
-        window (the timing evaluation looks at where the sound ends).
+        ``sampling`` section. ``seed``: an int (item i gets seed + i), one per item, or None
+        (random). ``latents``: the initial standard-normal noise (B, C, frames) instead of the
+        seeded draw. ``window`` renders fewer latent frames than the full window for short
+        clips. ``callback`` receives k-diffusion's step dict after each step. ``trim=False``
+        returns the whole rendered window.
         """
-        cfg, s = self.config, self.config.sampling
-        seconds_total = _number("seconds_total", seconds_total, 0, cfg.window_seconds)
-        seconds_start = _number("seconds_start", seconds_start, 0, float(cfg.conditioning.seconds_max),
-                                inclusive_low=True)
-        steps = s.steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise GenerationError(f"steps must be a positive integer, got {steps!r}")
-        cfg_scale = _number("cfg_scale", s.cfg_scale if cfg_scale is None else cfg_scale, 0, 100)
-        cfg_rescale = _number("cfg_rescale", s.cfg_rescale if cfg_rescale is None else cfg_rescale,
-                              0, 1, inclusive_low=True)
-        sampler = s.sampler if sampler is None else sampler
-        if sampler not in PLANS:
-            raise GenerationError(f"unknown sampler {sampler!r} (choose from {', '.join(PLANS)})")
-        prompts = self._prompts(prompt, batch_size)
-        new_dtype = parse_dtype(dtype)
-        if new_dtype is not None and new_dtype != self.dtype:
-            log.info("switching the U-Net and VAE to %s", new_dtype)
-            self.dtype = new_dtype
-            self._place()
-        if seed is None:
-            seed = random.SystemRandom().randrange(2 ** 31)
+        cfg = self.config
+        seconds_total = number("seconds_total", seconds_total, 0, cfg.window_seconds)
+        wanted = parse_dtype(dtype)
+        if wanted is not None and wanted != self.dtype:
+            raise GenerationError(f"dtype={wanted} but this pipeline runs in {self.dtype}: build it "
+                                  "with that dtype or call pipe.to(dtype=...) first")
+        prompts = prompt_list(prompt, batch_size)
+        seeds = seed_list(seed, len(prompts))
         frames = self.window_frames(window, seconds_total)
-
         timer = StageTimer(self.device)
-        cond = self.model.conditioner
         with timer.stage("text_encoding"):
-            context, mask = cond(prompts, seconds_start, seconds_total)
-            neg_ctx = neg_mask = None
-            if negative_prompt is not None:
-                neg_ctx, neg_mask = cond([negative_prompt] * len(prompts), seconds_start, seconds_total)
-        generator = torch.Generator(device=self.device).manual_seed(int(seed))
-        sigmas = get_sigmas(s.schedule, steps, s.sigma_min, s.sigma_max, s.rho)
-        plan = make_plan(sampler, sigmas)
-        noise = torch.randn((len(prompts), cfg.vae.latent_dim, frames), generator=generator,
-                            device=self.device, dtype=torch.float32)
+            cond = self.encode_prompt(prompts, seconds_start, seconds_total, negative_prompt)
+        generators = self._generators(seeds)
+        noise = self.prepare_latents(len(prompts), frames, seeds, latents, generators)
         with timer.stage("sampling"):
-            latents = self._sample(noise * sigmas[0], plan, context, mask, neg_ctx, neg_mask,
-                                   cfg_scale, cfg_rescale, generator, callback, progress)
+            rendered = self.sample(noise, cond, steps, cfg_scale, cfg_rescale, sampler, sigma_min,
+                                   sigma_max, generators, callback, progress)
         with timer.stage("decoding"):
-            audio = self.model.vae.decode(latents.to(self.dtype), chunk_frames=self.decode_chunk_frames,
-                                          decoder=self._decoder_forward())
+            audio = self.decode(rendered)
         n = int(round(seconds_total * cfg.sample_rate))
-        self.last_latents = latents.detach()  # the whole window, before decoding
-        self.last_timings = dict(timer.seconds, total=timer.total)
-        self.last_seed = int(seed)
-        return (audio[..., :n] if trim else audio).float()
+        return GenerationOutput(audio=audio[..., :n] if trim else audio, sample_rate=self.sample_rate,
+                                seeds=seeds, latents=rendered,
+                                timings=dict(timer.seconds, total=timer.total))
 
-    def _prompts(self, prompt, batch_size) -> List[str]:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise GenerationError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(prompt, str):
-            return [prompt] * batch_size
-        prompts = list(prompt)
-        if batch_size not in (1, len(prompts)):
-            raise GenerationError(f"{len(prompts)} prompts but batch_size={batch_size}")
-        if not prompts:
-            raise GenerationError("no prompt given")
-        return prompts
-
-    def _unet_forward(self):
+    # -- compiled forms ---------------------------------------------------------------------
+    def _backbone_forward(self):
+        """The backbone under torch.compile in "compile" mode (frozen on a CPU), else None."""
         if self.execution != "compile":
             return None
         if self._compiled is None:
-            self._compiled = self._compile(self.model.unet, freeze_on_cpu=True)
+            self._compiled = self._compile(self.model.backbone, freeze_on_cpu=True)
         return self._compiled
 
     def _decoder_forward(self):
-        """The VAE decoder under torch.compile in "compile" mode (fuses Snake's elementwise chain
-        with its neighbours; chunks have one or two lengths, each compiled once), else None."""
+        """The VAE decoder under torch.compile in "compile" mode (chunks have one or two
+        lengths, each compiled once), else None. Not frozen: measured no faster on a CPU."""
         if self.execution != "compile":
             return None
         if self._compiled_decoder is None:
-            # not frozen: measured no faster on a CPU (fastaudio/compiled.py)
             self._compiled_decoder = self._compile(self.model.vae.decoder, freeze_on_cpu=False)
         return self._compiled_decoder
 
     @staticmethod
     def _compile(module: torch.nn.Module, freeze_on_cpu: bool):
-        """torch.compile for inference (static shapes; with ``freeze_on_cpu``, on a CPU, frozen
-        prepacked weights, recompiled if the weights change): see fastaudio/compiled.py."""
         from .compiled import compile_for_inference
         return compile_for_inference(module, freeze_on_cpu)
-
-    def _sample(self, x0, plan, context, mask, neg_ctx, neg_mask, cfg_scale, cfg_rescale,
-                generator, callback, progress) -> Tensor:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(plan), desc="sampling", unit="step", leave=False) if progress else None
-        try:
-            if self.execution == "graph":
-                key = (tuple(x0.shape), self.dtype, cfg_scale, cfg_rescale, neg_ctx is not None)
-
-                def make() -> StepRunner:
-                    guided = GuidedV(self.model.unet, context, mask, cfg_scale, cfg_rescale,
-                                     neg_ctx, neg_mask)
-                    runner = StepRunner(VDenoiser(guided), x0)
-                    runner.capture(pool=self._graphs.shared_pool())
-                    return runner
-                runner = self._graphs.get(key, make)
-                runner.denoiser.v_model.set_conditioning(context, mask, neg_ctx, neg_mask)
-            else:
-                guided = GuidedV(self.model.unet, context, mask, cfg_scale, cfg_rescale,
-                                 neg_ctx, neg_mask, forward=self._unet_forward())
-                runner = StepRunner(VDenoiser(guided), x0)
-            return runner.run(x0, plan, generator, callback, bar)
-        finally:
-            if bar is not None:
-                bar.close()

@@ -17,10 +17,10 @@ def run_profile(pipe, seconds: float = 10.0, steps: int = 3, trace: str = "fasta
     pipe.generate("profiling run", **kwargs)  # warm-up: allocator, autotune, graph capture
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=activities, record_shapes=False) as prof:
-        pipe.generate("profiling run", **kwargs)
+        out = pipe.generate("profiling run", **kwargs)
     sort = "self_device_time_total" if cuda else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=top))
-    t = pipe.last_timings
+    t = out.timings
     print("stages: " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items())
           + f"  ({steps} steps, {window:g} s window, {pipe.device.type}, "
           f"{str(pipe.dtype).replace('torch.', '')}, {pipe.execution})")

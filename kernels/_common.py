@@ -12,6 +12,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class KernelInputError(RuntimeError):
+    """A kernel was called on inputs it cannot serve; the message says why. (fastaudio.nn's
+    KernelUnavailableError, what the dispatcher raises, is a subclass.)"""
+
+
 def device_reason(*tensors: Optional[torch.Tensor]) -> Optional[str]:
     """Why a Triton kernel cannot run on these tensors' device, or None when it can."""
     for t in tensors:

@@ -45,9 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastaudio.nn.dispatch import KernelUnavailableError
-
-from ._common import INTERPRET, device_reason, dtype_reason, first_reason
+from ._common import INTERPRET, KernelInputError, device_reason, dtype_reason, first_reason
 
 MASK_MODES = ("zero", "neg_inf")
 _MASK_MODE_ID = {"none": 0, "zero": 1, "neg_inf": 2}
@@ -883,13 +881,13 @@ def flash_attention(q, k, v, key_padding_mask=None, mask_mode="zero", softmax_sc
     """softmax(q k^T * scale) v with the Triton FlashAttention kernels; differentiable.
 
     q (B, H, Lq, D), k/v (B, H, Lk, D), key_padding_mask (B, Lk) bool (True keeps). The output
-    has shape (B, H, Lq, D) and (B, Lq, H, D) memory order. Raises KernelUnavailableError naming
+    has shape (B, H, Lq, D) and (B, Lq, H, D) memory order. Raises KernelInputError naming
     why when the kernel cannot serve the inputs (see flash_attention_unsupported_reason).
     """
     _check_mask_mode(mask_mode)
     reason = flash_attention_unsupported_reason(q, k, v, key_padding_mask)
     if reason is not None:
-        raise KernelUnavailableError(f"flash_attention: {reason}")
+        raise KernelInputError(f"flash_attention: {reason}")
     if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
         key_padding_mask = key_padding_mask != 0
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])

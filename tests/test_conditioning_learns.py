@@ -9,7 +9,8 @@ generate, from the same noise, each prompt's own pattern. If any link carried no
 import torch
 
 from fastaudio import build_model
-from fastaudio.diffusion.guidance import guided_denoiser
+from fastaudio.diffusion.schedule import VDenoiser
+from fastaudio.models.unet_guidance import GuidedUNet, UNetConditioning
 from fastaudio.diffusion.samplers import make_plan, run_plan
 from fastaudio.diffusion.sigmas import polyexponential
 from fastaudio.train.stage_diffusion import DiffusionTrainModule
@@ -49,7 +50,7 @@ def test_prompt_and_duration_steer_the_samples():
     with torch.no_grad():
         for k in range(4):
             context, mask = model.conditioner([PROMPTS[k // 2]], 0, TOTALS[k % 2])
-            den = guided_denoiser(model.unet, context, mask, cfg_scale=3.0)
+            den = VDenoiser(GuidedUNet(model.unet, UNetConditioning(context, mask), cfg_scale=3.0))
             samples.append(run_plan(den, noise * sigmas[0], make_plan("dpmpp-2m", sigmas)))
     for k in range(4):  # each condition lands nearest its own pattern
         dist = [float((samples[k] - pats[j]).pow(2).mean()) for j in range(4)]

@@ -5,7 +5,9 @@ import os
 import pytest
 
 from fastaudio.config import (PRESETS, ConfigError, ModelConfig, config_from_json, config_from_obj,
-                              config_to_json, load_config, preset)
+                              config_to_json, preset)
+from fastaudio.config_files import load_config, read_model_config
+from fastaudio.reference_config import config_from_reference
 
 # Copies of stable-audio-tools' SA1.0 configs (../shared/reference), kept as test data.
 REFERENCE = os.path.join(os.path.dirname(__file__), "data")
@@ -26,7 +28,7 @@ def test_presets_round_trip_through_json(name):
 
 
 def test_reference_model_config_equals_the_sa10_preset():
-    cfg = config_from_obj(_reference_config_dict(), "ref")
+    cfg = read_model_config(_reference_config_dict(), "ref")
     ours = preset("stable-audio-1.0")
     cfg.name = ours.name
     assert cfg == ours
@@ -84,19 +86,19 @@ def test_reference_format_rejects_what_sa10_is_not():
     bad = json.loads(json.dumps(data))
     bad["model"]["diffusion"]["type"] = "dit"
     with pytest.raises(ConfigError, match="model.diffusion.type = 'dit'"):
-        config_from_obj(bad)
+        config_from_reference(bad)
     bad = json.loads(json.dumps(data))
     bad["model"]["conditioning"]["configs"][0]["type"] = "t5"
     with pytest.raises(ConfigError, match="'t5' is not supported"):
-        config_from_obj(bad)
+        config_from_reference(bad)
     bad = json.loads(json.dumps(data))
     bad["model"]["diffusion"]["config"]["attention_headz"] = 3
     with pytest.raises(ConfigError, match="attention_headz"):
-        config_from_obj(bad)
+        config_from_reference(bad)
     bad = json.loads(json.dumps(data))
     bad["model"]["surprise"] = 1
     with pytest.raises(ConfigError, match="surprise"):
-        config_from_obj(bad)
+        config_from_reference(bad)
 
 
 def test_model_config_derived_figures():

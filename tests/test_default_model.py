@@ -28,6 +28,6 @@ def test_shipped_model_renders_a_clip_offline():
     from fastaudio.pipeline import StableAudio
     pipe = StableAudio.from_pretrained(default_model_path(), device="cpu", dtype="fp32")
     audio = pipe.generate("a slow solo piano melody in D minor, 70 BPM", seconds_total=2.0, steps=4,
-                          seed=0)
+                          seed=0).audio
     assert audio.shape == (1, 2, 88200) and torch.isfinite(audio).all()
     assert audio.abs().max() > 1e-4  # not silence

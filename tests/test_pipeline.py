@@ -8,7 +8,7 @@ import reference_impl as R
 from fastaudio import build_model
 from fastaudio.diffusion import sigmas as S
 from fastaudio.diffusion.cuda_graph import StepRunner
-from fastaudio.diffusion.guidance import GuidedV, guided_denoiser, uncond_context
+from fastaudio.models.unet_guidance import GuidedUNet, UNetConditioning, uncond_context
 from fastaudio.diffusion.samplers import make_plan, run_plan
 from fastaudio.diffusion.schedule import VDenoiser
 from fastaudio.pipeline import GenerationError, StableAudio
@@ -25,27 +25,31 @@ def pipe():
 
 @pytest.mark.parametrize("seconds", [0.5, 1.0, 1.2345])
 def test_exact_length_and_finite_stereo(pipe, seconds):
-    audio = pipe.generate("a calm piano", seconds_total=seconds, steps=3, seed=0)
-    assert audio.shape == (1, 2, round(seconds * 44100))
+    out = pipe.generate("a calm piano", seconds_total=seconds, steps=3, seed=0)
+    audio = out.audio
+    assert audio.shape == (1, 2, round(seconds * 44100)) and audio.dtype == torch.float32
     assert torch.isfinite(audio).all() and audio.abs().max() <= 1.0
-    assert set(pipe.last_timings) == {"text_encoding", "sampling", "decoding", "total"}
+    assert set(out.timings) == {"text_encoding", "sampling", "decoding", "total"}
+    assert out.sample_rate == 44100 and out.seeds == [0]
+    assert out.latents.shape == (1, pipe.config.vae.latent_dim, pipe.config.latent_length)
 
 
 def test_same_seed_same_audio_other_seed_other_audio(pipe):
     a = pipe.generate("drums", seconds_total=1.0, steps=3, seed=7, batch_size=2)
     b = pipe.generate("drums", seconds_total=1.0, steps=3, seed=7, batch_size=2)
     c = pipe.generate("drums", seconds_total=1.0, steps=3, seed=8, batch_size=2)
-    assert torch.equal(a, b)
-    assert (a - c).abs().max() > 1e-3
-    assert (a[0] - a[1]).abs().max() > 1e-3  # the batch items get their own noise
-    assert pipe.last_seed == 8
+    assert torch.equal(a.audio, b.audio)
+    assert (a.audio - c.audio).abs().max() > 1e-3
+    assert (a.audio[0] - a.audio[1]).abs().max() > 1e-3  # the batch items get their own noise
+    assert a.seeds == [7, 8] and c.seeds == [8, 9]  # each call reports its own seeds
+    assert not torch.equal(a.latents, c.latents)
 
 
 def test_guidance_scale_one_is_the_conditional_model_alone(pipe):
     model, cfg = pipe.model, pipe.config
     seed, steps = 3, 4
     audio = pipe.generate("strings", seconds_total=1.0, steps=steps, seed=seed, cfg_scale=1.0,
-                          sampler="dpmpp-2m")
+                          sampler="dpmpp-2m").audio
     # the same sampling written out by hand with the plain conditional U-Net
     g = torch.Generator().manual_seed(seed)
     frames = cfg.latent_length
@@ -83,26 +87,27 @@ def test_guidance_matches_the_reference_unetcfg1d():
             kw = dict(negative_embedding=neg, negative_embedding_mask=neg_mask) if negative else {}
             want = ref(x, t, embedding=ctx, embedding_mask=mask, embedding_scale=scale,
                        batch_cfg=True, rescale_cfg=rescale, scale_phi=0.4, **kw)
-            got = GuidedV(ours, ctx, mask, scale, 0.4 if rescale else 0.0,
-                          neg if negative else None, neg_mask if negative else None)(x, t)
+            cond = UNetConditioning(ctx, mask, neg if negative else None,
+                                    neg_mask if negative else None)
+            got = GuidedUNet(ours, cond, scale, 0.4 if rescale else 0.0)(x, t)
             assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (scale, rescale, negative)
 
 
 @pytest.mark.parametrize("scale,negative", [(4.0, False), (4.0, True), (1.0, False)])
 def test_new_conditioning_replaces_the_cached_keys_and_values(pipe, scale, negative):
-    """GuidedV projects the context's cross-attention keys/values once; set_conditioning (the
+    """GuidedUNet projects the context's cross-attention keys/values once; set_conditioning (the
     CUDA-graph path's way to serve a new prompt) must refresh them, not only the context: the
-    result equals a fresh GuidedV and the U-Net called without any cache."""
+    result equals a fresh GuidedUNet and the U-Net called without any cache."""
     unet, cond = pipe.model.unet, pipe.model.conditioner
     with torch.no_grad():
         a, mask_a = cond(["a fast drum loop"], 0, 1.0)
         b, mask_b = cond(["a slow piano in D minor, longer"], 0, 1.0)
         neg, neg_mask = cond(["noise"], 0, 1.0) if negative else (None, None)
         x, t = torch.randn(1, unet.config.in_channels, 32), torch.tensor([0.4])
-        reused = GuidedV(unet, a, mask_a, scale, 0.4, neg, neg_mask)
+        reused = GuidedUNet(unet, UNetConditioning(a, mask_a, neg, neg_mask), scale, 0.4)
         first = reused(x, t)
-        reused.set_conditioning(b, mask_b, neg, neg_mask)
-        want = GuidedV(unet, b, mask_b, scale, 0.4, neg, neg_mask)(x, t)
+        reused.set_conditioning(UNetConditioning(b, mask_b, neg, neg_mask))
+        want = GuidedUNet(unet, UNetConditioning(b, mask_b, neg, neg_mask), scale, 0.4)(x, t)
         got = reused(x, t)
         if scale == 1.0:
             out = unet(x, t, b, mask_b)  # no keys/values passed: projected in the call
@@ -120,7 +125,7 @@ def test_step_runner_matches_the_samplers(pipe):
     model = pipe.model
     with torch.no_grad():
         ctx, mask = model.conditioner(["x", "y"], 0, 1.0)
-        den = guided_denoiser(model.unet, ctx, mask, 5.0, 0.4)
+        den = VDenoiser(GuidedUNet(model.unet, UNetConditioning(ctx, mask), 5.0, 0.4))
         sig = S.polyexponential(5, 0.03, 80.0)
         x0 = torch.randn(2, 8, 32) * sig[0]
         for sampler in ("dpmpp-3m-sde", "dpmpp-2m", "euler"):
@@ -133,7 +138,7 @@ def test_step_runner_matches_the_samplers(pipe):
 def test_window_renders_fewer_frames(pipe):
     assert pipe.window_frames(None, 1.0) == pipe.config.latent_length
     assert pipe.window_frames(0.5, 0.5) == 32  # 21.5 frames, rounded up to a multiple of 16
-    audio = pipe.generate("short", seconds_total=0.4, steps=2, seed=0, window=0.5)
+    audio = pipe.generate("short", seconds_total=0.4, steps=2, seed=0, window=0.5).audio
     assert audio.shape[-1] == round(0.4 * 44100)
 
 
@@ -178,11 +183,11 @@ def test_graph_execution_needs_cuda():
 def test_graph_and_eager_results_are_equal_on_gpu():
     model = build_model("tiny", seed=0)
     graph = StableAudio(model, device="cuda", dtype="fp32", execution="graph")
-    a = graph.generate("x", seconds_total=1.0, steps=4, seed=2)
-    a2 = graph.generate("y", seconds_total=1.0, steps=4, seed=2)  # replays the captured graph
+    a = graph.generate("x", seconds_total=1.0, steps=4, seed=2).audio
+    a2 = graph.generate("y", seconds_total=1.0, steps=4, seed=2).audio  # replays the captured graph
     eager = StableAudio(model, device="cuda", dtype="fp32", execution="eager")
-    b = eager.generate("x", seconds_total=1.0, steps=4, seed=2)
-    b2 = eager.generate("y", seconds_total=1.0, steps=4, seed=2)
+    b = eager.generate("x", seconds_total=1.0, steps=4, seed=2).audio
+    b2 = eager.generate("y", seconds_total=1.0, steps=4, seed=2).audio
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(a2, b2, rtol=1e-5, atol=1e-6)
 
@@ -195,7 +200,7 @@ def test_compile_execution_matches_eager(pipe):
                            decode_chunk_frames=40)
     eager = StableAudio(model, device="cpu", dtype="fp32", execution="eager", decode_chunk_frames=40)
     kw = dict(seconds_total=1.4, steps=3, seed=5)
-    a, b = compiled.generate("x", **kw), eager.generate("x", **kw)
+    a, b = compiled.generate("x", **kw).audio, eager.generate("x", **kw).audio
     assert compiled._compiled is not None and compiled._compiled_decoder is not None
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    assert (a - eager.generate("x", seconds_total=1.4, steps=3, seed=6)).abs().max() > 1e-3
+    assert (a - eager.generate("x", seconds_total=1.4, steps=3, seed=6).audio).abs().max() > 1e-3

@@ -14,7 +14,7 @@ generator, in the same order as the eager samplers draw it.
 from __future__ import annotations
 
 import logging
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -56,6 +56,7 @@ class StepRunner:
         self.denoised = torch.zeros_like(x_like)
         self.row = torch.zeros(6, device=x_like.device, dtype=torch.float32)
         self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.guided = None  # the guided model a cached capture refreshes with set_conditioning
 
     def _step(self) -> None:
         sigma = self.row[0].expand(self.batch)
@@ -77,7 +78,19 @@ class StepRunner:
         self.row.copy_(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0]))
         self.graph = capture_graph(self._step, warmup, pool)
 
-    def run(self, x0: Tensor, plan: List[Step], generator: Optional[torch.Generator] = None,
+    def _draw_noise(self, generator) -> None:
+        """The step's noise: from one generator for the whole batch, or one per item (item i's
+        noise then depends on its own seed only)."""
+        if isinstance(generator, (list, tuple)):
+            for i, g in enumerate(generator):
+                torch.randn(self.x.shape[1:], generator=g, device=self.x.device, dtype=self.x.dtype,
+                            out=self.noise[i])
+        else:
+            torch.randn(self.x.shape, generator=generator, device=self.x.device, dtype=self.x.dtype,
+                        out=self.noise)
+
+    def run(self, x0: Tensor, plan: List[Step],
+            generator: Union[None, torch.Generator, Sequence[torch.Generator]] = None,
             callback=None, progress=None) -> Tensor:
         table = torch.tensor([s.row() for s in plan], dtype=torch.float32).to(self.x.device)
         self.x.copy_(x0)
@@ -88,8 +101,7 @@ class StepRunner:
             with nvtx_range(f"step {i}"):
                 self.row.copy_(table[i], non_blocking=True)
                 if step.e:
-                    torch.randn(self.x.shape, generator=generator, device=self.x.device,
-                                dtype=self.x.dtype, out=self.noise)
+                    self._draw_noise(generator)
                 if self.graph is not None:
                     self.graph.replay()
                 else:

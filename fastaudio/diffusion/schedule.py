@@ -51,11 +51,11 @@ class VDenoiser:
     """Wraps ``v_model(x, t, **kw)`` into ``denoiser(x, sigma, **kw)`` (k-diffusion's contract)."""
 
     def __init__(self, v_model: Callable[..., Tensor]):
-        self.v_model = v_model
+        self.model = v_model
 
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
         c_skip, c_out, c_in = (_expand(c, x) for c in scalings(sigma.to(torch.float32)))
-        v = self.v_model((x * c_in).to(x.dtype), sigma_to_t(sigma), **kwargs)
+        v = self.model((x * c_in).to(x.dtype), sigma_to_t(sigma), **kwargs)
         return (x * c_skip + v.to(x.dtype) * c_out).to(x.dtype)
 
 

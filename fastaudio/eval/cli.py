@@ -54,7 +54,7 @@ def run_eval(args) -> int:
     import torch
 
     from ..assets import default_model_path
-    from ..cli import CLIError
+    from ..cli.common import CLIError
     from ..data.manifest import read_manifest
     from ..models.stable_audio import build_model
     from ..pipeline import StableAudio

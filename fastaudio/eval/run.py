@@ -231,9 +231,9 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
     for k, it in enumerate(chosen):
         seconds = min(float(it.labels.get("duration", window)), window)
         prompt = it.caption or ""
-        audio = pipe.generate(prompt, seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
-                              seed=seed + k)[0].cpu()
-        gen_latents = pipe.last_latents
+        out = pipe.generate(prompt, seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
+                            seed=seed + k)
+        audio, gen_latents = out.audio[0].cpu(), out.latents
         ref = load_clip(it, sr, window)[:, : audio.shape[-1]]
         if out_dir:
             write_audio(os.path.join(out_dir, "audio", f"{k:04d}.wav"), audio, sr, overwrite=True)
@@ -294,7 +294,7 @@ def evaluate(pipe, heldout: Sequence[AudioItem], refs: References, out_dir: Opti
     for s in timing_seconds:
         for k, it in enumerate(music):
             audio = pipe.generate(it.caption or "", seconds_total=s, steps=steps, cfg_scale=cfg_scale,
-                                  seed=seed + 1000 + k, trim=False)[0].cpu()
+                                  seed=seed + 1000 + k, trim=False).audio[0].cpu()
             requested.append(s)
             detected.append(detect_end(audio, sr))
     results["timing"] = timing_table(requested, detected)

@@ -57,6 +57,16 @@ def _seconds_list(name: str, value: Seconds, batch: int, round_up: bool) -> List
     return out
 
 
+def assemble_context(text: Tensor, text_mask: Tensor, seconds_start: Tensor, seconds_total: Tensor
+                     ) -> Tuple[Tensor, Tensor]:
+    """The diffusion context, for training and inference alike: text tokens (B, T, D) then one
+    token each for seconds_start and seconds_total (B, 1, D), cast to the text's dtype; the mask
+    (B, T + 2) bool keeps every timing token."""
+    context = torch.cat([text, seconds_start.to(text.dtype), seconds_total.to(text.dtype)], dim=1)
+    ones = torch.ones(text.shape[0], 2, dtype=torch.bool, device=text_mask.device)
+    return context, torch.cat([text_mask.to(torch.bool), ones], dim=1)
+
+
 class Conditioner(nn.Module):
     """Owns the CLAP model (its text tower conditions the U-Net) and the timing tables."""
 
@@ -100,10 +110,5 @@ class Conditioner(nn.Module):
             raise ConditioningError(self.text_encoder_missing)
         start_ids, total_ids = self.timing_ids(seconds_start, seconds_total, len(prompts))
         text, text_mask = self.clap.text_features(prompts)
-        text = self.prompt_proj(text)
-        start = self.seconds_start(start_ids).to(text.dtype)
-        total = self.seconds_total(total_ids).to(text.dtype)
-        context = torch.cat([text, start, total], dim=1)
-        ones = torch.ones(len(prompts), 2, dtype=torch.bool, device=text_mask.device)
-        mask = torch.cat([text_mask.to(torch.bool), ones], dim=1)
-        return context, mask
+        return assemble_context(self.prompt_proj(text), text_mask, self.seconds_start(start_ids),
+                                self.seconds_total(total_ids))

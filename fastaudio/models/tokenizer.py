@@ -24,7 +24,7 @@ from typing import Callable, List, Sequence, Tuple
 import torch
 from torch import Tensor
 from ..errors import FastAudioError
-from ..nn.dispatch import strict
+from ..strict import strict
 
 BOS, PAD, EOS, UNK = 0, 1, 2, 3
 

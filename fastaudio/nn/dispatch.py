@@ -25,6 +25,8 @@ import threading
 from collections import Counter
 from typing import Callable, Optional
 from ..errors import FastAudioError
+from ..strict import strict  # noqa: F401  (re-exported: dispatch.strict())
+from fastaudio.kernels._common import KernelInputError
 
 log = logging.getLogger("fastaudio.kernels")
 
@@ -36,8 +38,10 @@ _lock = threading.Lock()
 path_counts: Counter = Counter()
 
 
-class KernelUnavailableError(FastAudioError, RuntimeError):
-    """A strict setting asked for a fast path that cannot serve this input."""
+class KernelUnavailableError(FastAudioError, KernelInputError):
+    """A strict setting asked for a fast path that cannot serve this input. Also what a kernel
+    called directly raises (its base, ``KernelInputError``, lives with the kernels, which import
+    nothing from fastaudio)."""
 
 
 def _validate_mode(mode: str, source: str) -> str:
@@ -58,10 +62,6 @@ def set_kernel_mode(mode: Optional[str]) -> None:
     """Override ``FASTAUDIO_KERNELS`` for this process (None restores the env var)."""
     global _mode_override
     _mode_override = None if mode is None else _validate_mode(mode, "kernel mode")
-
-
-def strict() -> bool:
-    return os.environ.get("FASTAUDIO_STRICT", "0").strip().lower() in ("1", "true", "yes")
 
 
 def record_path(op: str, path: str, reason: Optional[str] = None) -> None:

@@ -20,6 +20,7 @@ from typing import List
 import torch
 from torch import Tensor, nn
 
+from ..models.conditioning import assemble_context
 from .losses import diffusion_loss
 from .trainer import StepContext, UpdateGroup, sample_generator
 from .stage_common import ModelStage
@@ -46,10 +47,8 @@ class DiffusionTrainModule(nn.Module):
         with torch.no_grad():
             text, text_mask = cond.clap.text_features(prompts)
         s_ids, t_ids = cond.timing_ids(start, total, len(prompts))
-        text = self.prompt_proj(text)
-        ctx = torch.cat([text, self.seconds_start(s_ids), self.seconds_total(t_ids)], 1)
-        ones = torch.ones(len(prompts), 2, dtype=torch.bool, device=text_mask.device)
-        return ctx, torch.cat([text_mask.bool(), ones], 1)
+        return assemble_context(self.prompt_proj(text), text_mask, self.seconds_start(s_ids),
+                                self.seconds_total(t_ids))
 
     def forward(self, batch: dict, ctx: StepContext):
         x0: Tensor = batch["latents"]
@@ -118,6 +117,6 @@ class DiffusionStage(ModelStage):
                                dtype="fp32", execution="eager")
         for k, (prompt, seconds) in enumerate(zip(cfg.demo_prompts, cfg.demo_seconds)):
             audio = pipe.generate(prompt, seconds_total=min(seconds, pipe.config.window_seconds),
-                                  steps=cfg.demo_steps, cfg_scale=cfg.demo_cfg_scale, seed=k)
+                                  steps=cfg.demo_steps, cfg_scale=cfg.demo_cfg_scale, seed=k).audio
             write_audio(os.path.join(folder, f"demo-{k}.wav"), audio[0], pipe.sample_rate,
                         overwrite=True)
