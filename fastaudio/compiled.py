@@ -6,21 +6,16 @@ slower shape-generic code dynamo switches to after seeing a second length.
 On a CPU the U-Net's graph is also *frozen*: inductor's ``freezing`` turns the weights into
 constants, so oneDNN gets them prepacked in its blocked layout and each convolution is fused with
 the pointwise ops around it; convs are traced as (N, C, 1, L) conv2d because inductor packs only
-4-D/5-D convs (``fastaudio.nn.conv.convs_as_2d``). Measured on the small preset's guided U-Net
-step (512 frames, batch 2, fp32, 2-core x86, torch 2.13): 74-80 ms compiled, 66 ms frozen with
-2-D convs; freezing alone changed nothing (conv1d stays unpacked) and 2-D convs without freezing
-were slower (87 ms). The cost is memory: each window length's graph holds its own prepacked copy
-of the weights (the small preset's compile-mode peak RSS over three window lengths: 879 / 1049 /
-1189 MB frozen, 833 / 908 / 927 MB before; bench_generate). The VAE decoder keeps plain
-compilation (frozen it decoded 512 frames in 0.44 s against 0.35 s plain, bench_vs_reference at
-ac3b95c and ce44b7e), and so do GPUs (unmeasured there; CUDA graphs are the GPU default).
+4-D/5-D convs (``fastaudio.nn.conv.convs_as_2d``). Each window length's graph then holds its own
+prepacked copy of the weights. The VAE decoder, and every module on a GPU, get plain compilation.
+Why (CPU timings and memory): docs/benchmarking.md#cpu-compile-mode.
 
 Freezing bakes a copy of the weights into the compiled code, and dynamo's guards only check the
 weights' addresses, so weights changed in place afterwards (``load_state_dict`` into the same
 model) would silently keep the old values - even through a new wrapper, since dynamo's cache
 outlives it. Every call therefore compares the weights' (identity, version counter, address) with
-those the module was last frozen with (one record per module, shared by all wrappers; ~0.1 ms for
-the small U-Net) and, when any changed, logs it and resets dynamo. That reset is process-wide:
+those the module was last frozen with (one record per module, shared by all wrappers) and, when
+any changed, logs it and resets dynamo. That reset is process-wide:
 every compiled graph in the process is rebuilt on its next call. Writes through ``tensor.data``
 bypass the version counter and are not seen; rebuild the pipeline after those. Calls are
 serialised by a lock (the inductor settings and the conv flag are process-global while a call

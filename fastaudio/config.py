@@ -87,7 +87,7 @@ class UNetConfig:
     # Not in SA1.0 (its U-Net sees the prompt only through cross-attention): also add the masked
     # mean of the context tokens to the FiLM mapping of every block, as audio-diffusion-pytorch's
     # `context_features` adds a global vector. Off in every preset: a 3200-step fine-tune of the
-    # shipped model with it did not follow prompts better (README, "Training").
+    # shipped model with it did not follow prompts better (docs/research/pooled-context.md).
     use_pooled_context: bool = False
 
 

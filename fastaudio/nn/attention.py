@@ -20,31 +20,13 @@ Backends
   handle both mask modes in-kernel and split head dim 80 into 64 + 16 instead of padding it.
 * ``math``     – the plain reference, materialising the (Lq, Lk) scores in fp32.
 
-``"auto"`` order and why
-------------------------
-On CPU: ``sdpa`` (then ``math``): PyTorch's fused CPU kernel; the Triton interpreter is for tests.
-On CUDA:
-
-1. ``triton`` first when a "neg_inf" mask must be applied: it is the only backend that applies it
-   in-kernel without host syncs (flash-attn varlen) or a dense bias (SDPA EFFICIENT, xformers).
-2. ``flash_attn`` when installed: FlashAttention-2's hand-written CUDA kernels, which our Triton
-   kernel aims to come within 10 % of at head dim 64, not to beat.
-3. ``sdpa`` before ``triton`` at every head dim. The design put ``triton`` first at head dims
-   that are not powers of two (80 at the 1280-channel levels: SDPA's flash kernel rounds 80 up to
-   96, ours splits it into 64 + 16), but on the first GPU run (H100, torch 2.11, triton 3.6,
-   2026-11-22) SA1.0 generation with the Triton kernel in the U-Net stopped on an illegal memory
-   access, while SDPA generated. The interpreter finds the kernel's indexing right at every GPU
-   block size on the U-Net's strided views (tests/test_attention.py), so the fault is not yet
-   explained; until it is, ``triton`` serves only when asked for, or for a "neg_inf" mask (1.,
-   not on SA1.0's path). In the same quick benchmark it was 10 % ahead of SDPA's flash kernel in
-   self-attention at head dim 64 (forward 0.47 vs 0.53 ms, 2x16x4096x64 bf16) and behind in
-   cross-attention over 79 masked keys (forward 0.23 vs 0.15 ms, forward+backward 2.3 vs 0.6 ms).
-   fp32 inputs prefer ``sdpa`` too (our kernels are tuned for fp16/bf16 tensor cores).
-4. ``math`` last.
-
-``xformers`` is never chosen automatically (on sm80/sm90 it is not ahead of FlashAttention-2);
-force it with ``backend="xformers"``, ``FASTAUDIO_ATTENTION=xformers`` or
-``set_attention_backend("xformers")``.
+``"auto"`` order (:func:`auto_order`)
+-------------------------------------
+CPU: ``sdpa``, ``math``. CUDA: ``flash_attn``, ``sdpa``, ``triton``, ``math``, except that a
+"neg_inf" mask puts ``triton`` first (it applies that mask in-kernel); ``xformers`` only when
+forced (``backend="xformers"``, ``FASTAUDIO_ATTENTION=xformers`` or
+``set_attention_backend("xformers")``). Why (H100 figures, the Triton kernel's fault in SA1.0
+generation): docs/benchmarking.md#attention-backends.
 
 Settings: ``backend=`` other than "auto" forces a backend; with "auto" the setting
 ``set_attention_backend(name)`` or else ``FASTAUDIO_ATTENTION`` (auto|flash_attn|xformers|sdpa|
@@ -275,7 +257,7 @@ def auto_order(q: Tensor, key_padding_mask: Optional[Tensor] = None,
         return ["sdpa", "math"]
     if key_padding_mask is not None and mask_mode == "neg_inf":
         return ["triton", "flash_attn", "sdpa", "math"]
-    # sdpa before triton at every head dim: see "auto order" 3 in the module docstring
+    # sdpa before triton at every head dim: docs/benchmarking.md#attention-backends
     return ["flash_attn", "sdpa", "triton", "math"]
 
 

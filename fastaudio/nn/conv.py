@@ -2,7 +2,7 @@
 
 ``conv1d`` and ``conv_transpose1d`` have Triton implicit-GEMM kernels (bias and residual in the
 epilogue) that ``FASTAUDIO_KERNELS=triton`` selects; ``auto`` runs ``F.pad`` + ``F.conv1d`` + add
-(cuDNN) everywhere, because on an H100 cuDNN was faster (see ``CONV_AUTO_TORCH``). Parameter
+(cuDNN) everywhere (why: docs/benchmarking.md#convolutions). Parameter
 names follow the torch modules they replace (``weight``, ``bias``; ``weight_g``/``weight_v`` for
 weight norm) so reference checkpoints load unchanged. Weight norm is folded away for inference
 with :func:`fold_weight_norm`.
@@ -77,12 +77,8 @@ def conv_transpose1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = N
     return F.conv_transpose1d(x, weight, bias, stride, padding)
 
 
-# On the first GPU measurement (H100, bf16, one quick run of 5 repeats, bench.md) cuDNN's conv plus
-# a separate residual add ran 5.2x (2x1024x1024x4096, k3) and 1.4x (2x1280x1280x1024, k3) ahead
-# of our fused Triton conv - both measured shapes lost, unlike GroupNorm and Snake (one of two
-# each). The VAE's k7 dilated and k1 convs and the transposed convs (the same implicit-GEMM kernel
-# family) were not measured; auto takes cuDNN for all of them on CUDA until the kernels are tuned
-# and measured; FASTAUDIO_KERNELS=triton still forces them.
+# auto takes cuDNN for every conv and transposed conv on CUDA (the reason logged for that path);
+# FASTAUDIO_KERNELS=triton still forces the Triton kernels. Why: docs/benchmarking.md#convolutions.
 CONV_AUTO_TORCH = ("auto on CUDA: cuDNN measured 1.4-5.2x faster than the Triton conv at two U-Net "
                    "shapes on an H100")
 

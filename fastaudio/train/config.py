@@ -37,7 +37,7 @@ class VAETrainConfig:
     # Steps over which the KL weight ramps linearly from 0 to kl_weight (0: none, as SA1.0): the
     # usual guard against posterior collapse. (On the small preset it did not prevent one: fresh
     # runs at lr 1e-3 collapse within 500 steps even with the KL term off; lr 3e-4 does not -
-    # README, "Training".)
+    # docs/research/learning-rate-collapse.md.)
     kl_warmup_steps: int = 0
     # Steps over which the posterior noise std·ε added to the mean ramps from 0 to full (0: none,
     # as SA1.0), so the decoder first sees the plain means: a fresh encoder's means are tiny
