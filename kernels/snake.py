@@ -1,6 +1,14 @@
-"""Snake activation (descript-audio-codec's Snake1d), forward and backward, in Triton.
+"""Snake activations, forward and backward, in Triton.
 
-    y = x + 1/(α + 1e-9) · sin²(α·x)        α per channel, x (B, C, N)
+    Snake (descript-audio-codec's Snake1d):  y = x + 1/(α + 1e-9) · sin²(α·x)
+    SnakeBeta (Oobleck, BigVGAN):            y = x + inv_β · sin²(α·x)
+                                             α, inv_β per channel, x (B, C, N)
+
+SnakeBeta's kernels take the frequency α and the divisor inv_β = 1/(β + 1e-9) already in linear
+scale: the log-scale exponentials and the reciprocal act on C values, not B·C·N, so the caller
+computes them with torch (whose autograd then carries dα, dinv_β back to the log-scale
+parameters). Both variants share the kernels below through one constexpr, SEPARATE_INV, so the
+Snake path compiles to exactly the code it had before SnakeBeta was added.
 
 Design trade-off: Snake is purely memory-bound (the VAE decoder runs it over ~5 G elements for
 95 s of audio), so each pass reads and writes every element exactly once: the forward reads x
@@ -51,6 +59,18 @@ def snake_ref(x: Tensor, alpha: Tensor, upcast: bool = True) -> Tensor:
     return (xf + (a + 1e-9).reciprocal() * torch.sin(a * xf).pow(2)).to(x.dtype)
 
 
+def snake_beta_ref(x: Tensor, alpha: Tensor, inv_beta: Tensor, upcast: bool = True) -> Tensor:
+    """``x + inv_beta · sin(alpha·x)²``; alpha and inv_beta (1, C, 1) or (C,), linear scale.
+
+    ``upcast`` as in :func:`snake_ref`.
+    """
+    dt = torch.promote_types(x.dtype, torch.float32) if upcast else x.dtype
+    a = alpha.to(dt).reshape(1, -1, 1)
+    inv = inv_beta.to(dt).reshape(1, -1, 1)
+    xf = x.to(dt)
+    return (xf + inv * torch.sin(a * xf).pow(2)).to(x.dtype)
+
+
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
@@ -83,22 +103,27 @@ def _configs(blocks, warps):
 # and enough bytes in flight per SM; BLOCK 1024…8192 with 4 or 8 warps spans that.
 # Keyed on N's power-of-two bucket, not N: every clip length gives a new N, and re-running the
 # autotuner (tens of launches) for each would stall generation on the first call at that length.
-@triton.autotune(configs=_configs((1024, 2048, 4096, 8192), (4, 8)), key=["N_LOG2"])
+# Snake and SnakeBeta (SEPARATE_INV) are tuned apart: they are different compiled kernels.
+@triton.autotune(configs=_configs((1024, 2048, 4096, 8192), (4, 8)), key=["N_LOG2", "SEPARATE_INV"])
 @triton.jit
 def _snake_fwd_kernel(
     X_ptr,      # (B, C, N) contiguous, fp32/fp16/bf16
     Alpha_ptr,  # (C,) contiguous
+    Inv_ptr,    # (C,) contiguous: SnakeBeta's inv_β (unread when not SEPARATE_INV)
     Y_ptr,      # (B, C, N) contiguous out, x.dtype
     C, N,
     N_LOG2,     # autotune key only: ceil(log2 N)
-    PRECISE_SIN: tl.constexpr, ROUND_BF16: tl.constexpr,
+    SEPARATE_INV: tl.constexpr, PRECISE_SIN: tl.constexpr, ROUND_BF16: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)  # b·C + c
     col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # int32: N < 2^31
     mask = col < N
     a = tl.load(Alpha_ptr + row % C).to(tl.float32)
-    inv = tl.math.div_rn(1.0, a + 1e-9)
+    if SEPARATE_INV:
+        inv = tl.load(Inv_ptr + row % C).to(tl.float32)
+    else:
+        inv = tl.math.div_rn(1.0, a + 1e-9)
     offs = row * N + col
     x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if PRECISE_SIN:
@@ -111,27 +136,33 @@ def _snake_fwd_kernel(
     tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_configs((1024, 2048, 4096), (4, 8)), key=["N_LOG2"])
+@triton.autotune(configs=_configs((1024, 2048, 4096), (4, 8)), key=["N_LOG2", "SEPARATE_INV"])
 @triton.jit
 def _snake_bwd_kernel(
     X_ptr,        # (B, C, N) contiguous
     Alpha_ptr,    # (C,) contiguous
+    Inv_ptr,      # (C,) contiguous: SnakeBeta's inv_β (unread when not SEPARATE_INV)
     DY_ptr,       # (B, C, N) contiguous
     DX_ptr,       # (B, C, N) contiguous out, x.dtype (dummy when not NEED_DX)
     DAlpha_ptr,   # (B·C, n_chunks) fp32 out: this program's share of dL/dα
+    DInv_ptr,     # (B·C, n_chunks) fp32 out: its share of dL/dinv_β (unwritten when not SEPARATE_INV)
     C, N, n_chunks,
     N_LOG2,       # autotune key only: ceil(log2 N)
-    NEED_DX: tl.constexpr, PRECISE_SIN: tl.constexpr, ROUND_BF16: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    NEED_DX: tl.constexpr, SEPARATE_INV: tl.constexpr, PRECISE_SIN: tl.constexpr,
+    ROUND_BF16: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
     a = tl.load(Alpha_ptr + row % C).to(tl.float32)
-    inv = tl.math.div_rn(1.0, a + 1e-9)
-    a_inv = a * inv  # dy/dx = 1 + α/(α+1e-9) · sin(2αx)
+    if SEPARATE_INV:
+        inv = tl.load(Inv_ptr + row % C).to(tl.float32)
+    else:
+        inv = tl.math.div_rn(1.0, a + 1e-9)
+    a_inv = a * inv  # dy/dx = 1 + α·inv · sin(2αx)
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, N)
     acc = tl.zeros([BLOCK], tl.float32)
+    acc_inv = tl.zeros([BLOCK], tl.float32)
     for lo in range(start, end, BLOCK):
         col = lo + tl.arange(0, BLOCK)
         mask = col < end
@@ -139,14 +170,21 @@ def _snake_bwd_kernel(
         x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # 0 outside: drops out
         s, c = _sin_cos(a * x, PRECISE_SIN)
-        # ∂y/∂α = −sin²/(α+1e-9)² + 2·sin·cos·x/(α+1e-9)
-        acc += dy * inv * s * (2.0 * c * x - inv * s)
+        if SEPARATE_INV:
+            # ∂y/∂α = 2·inv·sin·cos·x;  ∂y/∂inv = sin²
+            acc += dy * inv * s * (2.0 * c * x)
+            acc_inv += dy * (s * s)
+        else:
+            # ∂y/∂α = −sin²/(α+1e-9)² + 2·sin·cos·x/(α+1e-9)
+            acc += dy * inv * s * (2.0 * c * x - inv * s)
         if NEED_DX:
             dx = dy * (1.0 + a_inv * (2.0 * s * c))
             if ROUND_BF16:
                 dx = _round_for_bf16(dx)
             tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
     tl.store(DAlpha_ptr + row * n_chunks + chunk, tl.sum(acc))
+    if SEPARATE_INV:
+        tl.store(DInv_ptr + row * n_chunks + chunk, tl.sum(acc_inv))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,7 +238,8 @@ def snake_forward(x: Tensor, alpha: Tensor) -> Tensor:
     B, C, N = x.shape
     y = _alloc((B, C, N), x.dtype, x.device)
     grid = lambda meta: (B * C, triton.cdiv(N, meta["BLOCK"]))  # noqa: E731
-    _snake_fwd_kernel[grid](x, alpha.reshape(C).contiguous(), y, C, N, _log2_bucket(N),
+    a = alpha.reshape(C).contiguous()
+    _snake_fwd_kernel[grid](x, a, a, y, C, N, _log2_bucket(N), SEPARATE_INV=False,
                             PRECISE_SIN=not INTERPRET,
                             ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16)
     return y
@@ -217,9 +256,10 @@ def snake_backward(dy: Tensor, x: Tensor, alpha: Tensor, need_dx: bool = True,
     n_chunks = triton.cdiv(N, _BWD_CHUNK)
     dx = _alloc((B, C, N), x.dtype, x.device) if need_dx else None
     partial = _alloc((B * C, n_chunks), torch.float32, x.device)
+    a = alpha.reshape(C).contiguous()
     _snake_bwd_kernel[(B * C, n_chunks)](
-        x, alpha.reshape(C).contiguous(), dy, x if dx is None else dx, partial, C, N, n_chunks, _log2_bucket(N),
-        NEED_DX=need_dx, PRECISE_SIN=not INTERPRET,
+        x, a, a, dy, x if dx is None else dx, partial, partial, C, N, n_chunks, _log2_bucket(N),
+        NEED_DX=need_dx, SEPARATE_INV=False, PRECISE_SIN=not INTERPRET,
         ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16, CHUNK=_BWD_CHUNK)
     dalpha = None
     if need_dalpha:
@@ -277,3 +317,118 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
     """
     _check(x, alpha, "snake")
     return SnakeFunction.apply(x, alpha)
+
+
+# ------------------------------------------------------------------------------------------------
+# SnakeBeta: y = x + inv_β · sin²(α·x), α and inv_β given in linear scale
+# ------------------------------------------------------------------------------------------------
+def snake_beta_unsupported_reason(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Optional[str]:
+    """Why the Triton SnakeBeta cannot serve these inputs, or None when it can."""
+    reason = snake_unsupported_reason(x, alpha)
+    if reason is not None:
+        return reason
+    reason = first_reason(device_reason(inv_beta), dtype_reason(inv_beta))
+    if reason is not None:
+        return reason
+    if inv_beta.device != x.device:
+        return f"x on {x.device} but inv_beta on {inv_beta.device}"
+    C = x.shape[1]
+    if tuple(inv_beta.shape) not in ((C,), (1, C, 1)):
+        return f"inv_beta must be ({C},) or (1, {C}, 1), got {tuple(inv_beta.shape)}"
+    return None
+
+
+def _check_beta(x: Tensor, alpha: Tensor, inv_beta: Tensor, what: str) -> None:
+    reason = snake_beta_unsupported_reason(x, alpha, inv_beta)
+    if reason is not None:
+        raise ValueError(f"{what}: {reason}")
+
+
+def snake_beta_forward(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
+    """Run the forward kernel with a separate divisor: y in x.dtype."""
+    _check_beta(x, alpha, inv_beta, "snake_beta")
+    x = x.contiguous()
+    B, C, N = x.shape
+    y = _alloc((B, C, N), x.dtype, x.device)
+    grid = lambda meta: (B * C, triton.cdiv(N, meta["BLOCK"]))  # noqa: E731
+    _snake_fwd_kernel[grid](x, alpha.reshape(C).contiguous(), inv_beta.reshape(C).contiguous(), y,
+                            C, N, _log2_bucket(N), SEPARATE_INV=True, PRECISE_SIN=not INTERPRET,
+                            ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16)
+    return y
+
+
+def snake_beta_backward(dy: Tensor, x: Tensor, alpha: Tensor, inv_beta: Tensor,
+                        need_dx: bool = True, need_dalpha: bool = True, need_dinv: bool = True
+                        ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """(dx in x.dtype, dalpha and dinv_beta in their inputs' shapes and dtypes), one launch;
+    None where not asked for."""
+    _check_beta(x, alpha, inv_beta, "snake_beta backward")
+    if dy.shape != x.shape:
+        raise ValueError(f"snake_beta backward: dy {tuple(dy.shape)} != x {tuple(x.shape)}")
+    x, dy = x.contiguous(), dy.contiguous()
+    B, C, N = x.shape
+    n_chunks = triton.cdiv(N, _BWD_CHUNK)
+    dx = _alloc((B, C, N), x.dtype, x.device) if need_dx else None
+    partial_alpha = _alloc((B * C, n_chunks), torch.float32, x.device)
+    partial_inv = _alloc((B * C, n_chunks), torch.float32, x.device)
+    _snake_bwd_kernel[(B * C, n_chunks)](
+        x, alpha.reshape(C).contiguous(), inv_beta.reshape(C).contiguous(), dy,
+        x if dx is None else dx, partial_alpha, partial_inv, C, N, n_chunks, _log2_bucket(N),
+        NEED_DX=need_dx, SEPARATE_INV=True, PRECISE_SIN=not INTERPRET,
+        ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16, CHUNK=_BWD_CHUNK)
+
+    def reduce(partial: Tensor, like: Tensor) -> Tensor:
+        return partial.view(B, C, n_chunks).sum((0, 2)).reshape(like.shape).to(like.dtype)
+
+    return (dx, reduce(partial_alpha, alpha) if need_dalpha else None,
+            reduce(partial_inv, inv_beta) if need_dinv else None)
+
+
+@torch.library.custom_op("fastaudio::snake_beta_fwd", mutates_args=())
+def _snake_beta_fwd_op(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
+    return snake_beta_forward(x, alpha, inv_beta)
+
+
+@_snake_beta_fwd_op.register_fake
+def _(x, alpha, inv_beta):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("fastaudio::snake_beta_bwd", mutates_args=())
+def _snake_beta_bwd_op(dy: Tensor, x: Tensor, alpha: Tensor, inv_beta: Tensor, need_dx: bool,
+                       need_dalpha: bool, need_dinv: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    dx, dalpha, dinv = snake_beta_backward(dy, x, alpha, inv_beta, need_dx, need_dalpha, need_dinv)
+    return (x.new_empty(0) if dx is None else dx,
+            alpha.new_empty(0) if dalpha is None else dalpha,
+            inv_beta.new_empty(0) if dinv is None else dinv)
+
+
+@_snake_beta_bwd_op.register_fake
+def _(dy, x, alpha, inv_beta, need_dx, need_dalpha, need_dinv):
+    return (x.new_empty(x.shape if need_dx else (0,)),
+            alpha.new_empty(alpha.shape if need_dalpha else (0,)),
+            inv_beta.new_empty(inv_beta.shape if need_dinv else (0,)))
+
+
+class SnakeBetaFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, inv_beta):
+        ctx.save_for_backward(x, alpha, inv_beta)
+        return torch.ops.fastaudio.snake_beta_fwd(x, alpha, inv_beta)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, alpha, inv_beta = ctx.saved_tensors
+        need = ctx.needs_input_grad[:3]
+        grads = torch.ops.fastaudio.snake_beta_bwd(dy, x, alpha, inv_beta, *need)
+        return tuple(g if n else None for g, n in zip(grads, need))
+
+
+def snake_beta(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
+    """Differentiable SnakeBeta (Triton); same contract as :func:`snake_beta_ref`.
+
+    Raises ValueError when the kernel cannot serve the input (see
+    :func:`snake_beta_unsupported_reason`); choosing a fallback is the dispatcher's job.
+    """
+    _check_beta(x, alpha, inv_beta, "snake_beta")
+    return SnakeBetaFunction.apply(x, alpha, inv_beta)

@@ -1,4 +1,5 @@
-"""Snake kernel (kernels/snake.py) against its PyTorch reference (descript-audio-codec's Snake1d).
+"""Snake kernels (kernels/snake.py) against their PyTorch references: descript-audio-codec's
+Snake1d, and SnakeBeta (stable-audio-tools', the Oobleck VAE's) with its separate divisor.
 
 Judge: an fp64 evaluation of the reference. Rule (flash-attention's, on max-norms):
     max|kernel − ref64| ≤ 2·max|torch_lowp − ref64| + atol
@@ -193,3 +194,132 @@ def test_pytorch_path_in_place_inference_matches_reference(shape, dtype):
     train = snake_torch(xg, alpha)
     train.backward(dy)
     assert xg.grad is not None and torch.equal(train.detach(), out)
+
+
+# ------------------------------------------------------------------------------------------------
+# SnakeBeta (the Oobleck VAE's): the same kernels with a separate per-channel divisor inv_β
+# ------------------------------------------------------------------------------------------------
+from fastaudio.kernels.snake import (snake_beta, snake_beta_ref,  # noqa: E402
+                                     snake_beta_unsupported_reason)
+
+
+def make_beta_inputs(shape, dtype, alpha_shape, inv_shape, x_std=3.0, alpha_range=(0.05, 3.0),
+                     inv_range=(0.2, 5.0), seed=0):
+    x, alpha, dy = make_inputs(shape, dtype, alpha_shape, x_std, alpha_range, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    lo, hi = inv_range
+    C = shape[1]
+    inv = (lo + (hi - lo) * torch.rand(C, generator=g)).reshape(inv_shape(C)).to(dtype)
+    return x, alpha, inv.to(DEVICE), dy
+
+
+def run_beta(fn, x, alpha, inv, dy, cast=None):
+    leaves = [(t if cast is None else t.to(cast)).detach().requires_grad_() for t in (x, alpha, inv)]
+    y = fn(*leaves)
+    grads = torch.autograd.grad(y, leaves, dy.to(y.dtype))
+    return (y.detach(),) + grads
+
+
+def check_beta(shape, dtype, alpha_shape, inv_shape, **kw):
+    x, alpha, inv, dy = make_beta_inputs(shape, dtype, alpha_shape, inv_shape, **kw)
+    out = run_beta(snake_beta, x, alpha, inv, dy)
+    ref = run_beta(snake_beta_ref, x, alpha, inv, dy, cast=torch.float64)
+    lowp = run_beta(lambda *t: snake_beta_ref(*t, upcast=False), x, alpha, inv, dy)
+    for name, o, r, lp in zip(("y", "dx", "dalpha", "dinv_beta"), out, ref, lowp):
+        assert_3way(o, r, lp, dtype, name)
+    assert out[2].shape == alpha.shape and out[2].dtype == alpha.dtype
+    assert out[3].shape == inv.shape and out[3].dtype == inv.dtype
+
+
+@pytest.mark.parametrize("shapes", [("alpha(1,C,1)", "alpha(C,)"), ("alpha(C,)", "alpha(1,C,1)")],
+                         ids=["alpha3d-inv1d", "alpha1d-inv3d"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[str(s) for s in SHAPES])
+def test_snake_beta_forward_backward(shape, dtype, shapes):
+    check_beta(shape, dtype, ALPHA_SHAPES[shapes[0]], ALPHA_SHAPES[shapes[1]])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_snake_beta_extreme_parameters(dtype):
+    """Tiny α with a large divisor (SnakeBeta's log-scale parameters far below 0), and |α·x| ≫ π
+    with a tiny divisor."""
+    shapes = ALPHA_SHAPES["alpha(C,)"], ALPHA_SHAPES["alpha(C,)"]
+    check_beta((2, 4, 700), dtype, *shapes, alpha_range=(1e-4, 1e-3), inv_range=(50.0, 500.0))
+    check_beta((2, 4, 700), dtype, *shapes, x_std=30.0, alpha_range=(2.0, 8.0),
+               inv_range=(1e-3, 1e-2))
+
+
+@pytest.mark.parametrize("grad_of", ["x", "alpha", "inv_beta"])
+def test_snake_beta_partial_gradients(grad_of):
+    """Only one input needs a gradient: the others come back None."""
+    x, alpha, inv, dy = make_beta_inputs((2, 3, 600), torch.float32, ALPHA_SHAPES["alpha(C,)"],
+                                         ALPHA_SHAPES["alpha(C,)"])
+    leaves = {"x": x.clone(), "alpha": alpha.clone(), "inv_beta": inv.clone()}
+    leaves[grad_of].requires_grad_(True)
+    snake_beta(leaves["x"], leaves["alpha"], leaves["inv_beta"]).backward(dy)
+    ref = dict(zip(("x", "alpha", "inv_beta"),
+                   run_beta(snake_beta_ref, x, alpha, inv, dy, cast=torch.float64)[1:]))
+    for name, t in leaves.items():
+        if name == grad_of:
+            torch.testing.assert_close(t.grad.double(), ref[name], rtol=1e-5, atol=1e-4)
+        else:
+            assert t.grad is None
+
+
+def test_snake_beta_deterministic_and_opcheck():
+    x, alpha, inv, dy = make_beta_inputs((2, 3, 9000), torch.float32, ALPHA_SHAPES["alpha(C,)"],
+                                         ALPHA_SHAPES["alpha(1,C,1)"])
+    first = sk.snake_beta_backward(dy, x, alpha, inv)
+    second = sk.snake_beta_backward(dy, x, alpha, inv)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    x, dy = x[..., :100], dy[..., :100]  # opcheck runs each op many times: keep it short
+    torch.library.opcheck(torch.ops.fastaudio.snake_beta_fwd, (x, alpha, inv))
+    torch.library.opcheck(torch.ops.fastaudio.snake_beta_bwd, (dy, x, alpha, inv, True, True, True))
+    torch.library.opcheck(torch.ops.fastaudio.snake_beta_bwd, (dy, x, alpha, inv, False, True, False))
+
+
+def test_snake_beta_unsupported_reasons():
+    x, a = torch.randn(2, 4, 10, device=DEVICE), torch.ones(4, device=DEVICE)
+    assert snake_beta_unsupported_reason(x, a, a) is None
+    cases = [
+        ((x, a, torch.ones(3, device=DEVICE)), "inv_beta must be (4,) or (1, 4, 1)"),
+        ((x, a, a.double()), "dtype torch.float64 is not supported"),
+        ((x, torch.ones(5, device=DEVICE), a), "alpha must be (4,) or (1, 4, 1)"),
+        ((x, a, a.to("meta")), "tensor on meta"),
+    ]
+    for args, expected in cases:
+        reason = snake_beta_unsupported_reason(*args)
+        assert reason is not None and expected in reason, (expected, reason)
+        with pytest.raises(ValueError, match="snake_beta: "):
+            snake_beta(*args)
+
+
+def _reference_snake_beta(x, alpha, beta):
+    """stable-audio-tools' SnakeBeta forward (log scale), written out in fp64."""
+    a, b = alpha.double().exp().reshape(1, -1, 1), beta.double().exp().reshape(1, -1, 1)
+    return x.double() + (1.0 / (b + 1e-9)) * torch.sin(x.double() * a).pow(2)
+
+
+@pytest.mark.parametrize("mode", ["triton", "torch"])
+def test_snake_beta_module_dispatch_and_log_scale_gradients(mode):
+    """SnakeBeta1d through the dispatcher: output and gradients to x and the log-scale α, β
+    against fp64, on each path, and the path taken is recorded."""
+    from fastaudio.nn import dispatch
+    from fastaudio.nn.snake import SnakeBeta1d
+    dispatch.set_kernel_mode(mode)
+    g = torch.Generator().manual_seed(3)
+    act = SnakeBeta1d(5).to(DEVICE)
+    with torch.no_grad():
+        act.alpha.copy_((torch.rand(5, generator=g) * 2 - 1).to(DEVICE))
+        act.beta.copy_((torch.rand(5, generator=g) * 2 - 1).to(DEVICE))
+    x = (torch.randn(2, 5, 777, generator=g) * 2).to(DEVICE).requires_grad_()
+    dy = torch.randn(2, 5, 777, generator=g).to(DEVICE)
+    y = act(x)
+    grads = torch.autograd.grad(y, [x, act.alpha, act.beta], dy)
+    leaves = [t.detach().double().requires_grad_() for t in (x, act.alpha, act.beta)]
+    y_ref = _reference_snake_beta(*leaves)
+    grads_ref = torch.autograd.grad(y_ref, leaves, dy.double())
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-6, atol=1e-5)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
+    assert dispatch.path_counts[("snake_beta", mode)] >= 1

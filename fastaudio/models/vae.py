@@ -20,6 +20,7 @@ from ..config import VAEConfig, VAEDecoderConfig, VAEEncoderConfig
 from ..nn.conv import WNConv1d, WNConvTranspose1d, fold_weight_norm
 from ..nn.snake import Snake1d
 from ..errors import FastAudioError
+from .chunking import map_in_chunks
 
 
 class AudioInputError(FastAudioError, ValueError):
@@ -126,18 +127,6 @@ def kl_divergence(mean: Tensor, std: Tensor) -> Tensor:
     return (mean * mean + var - torch.log(var) - 1).sum(1).mean()
 
 
-def _spans(total: int, chunk: int, overlap: int) -> List[Tuple[int, int, int, int]]:
-    """Cover [0, total) with kept regions of ``chunk - overlap`` frames, each computed from a
-    window widened by ``overlap // 2`` on both sides: (win_start, win_end, keep_start, keep_end)."""
-    hop = chunk - overlap
-    half = overlap // 2
-    spans = []
-    for keep_start in range(0, total, hop):
-        keep_end = min(keep_start + hop, total)
-        spans.append((max(0, keep_start - half), min(total, keep_end + half), keep_start, keep_end))
-    return spans
-
-
 class AutoencoderVAE(nn.Module):
     """``encode(audio) -> latents`` and ``decode(latents) -> audio`` for any length."""
 
@@ -191,13 +180,8 @@ class AutoencoderVAE(nn.Module):
             chunked = frames > cfg.chunk_frames
         if not chunked:
             return self.encoder(audio)
-        out = None
-        for w0, w1, k0, k1 in _spans(frames, cfg.chunk_frames, cfg.overlap_frames):
-            part = self.encoder(audio[..., w0 * self.ratio: w1 * self.ratio])
-            if out is None:
-                out = part.new_empty(part.shape[0], part.shape[1], frames)
-            out[..., k0:k1] = part[..., k0 - w0: k1 - w0]
-        return out
+        return map_in_chunks(self.encoder, audio, frames, cfg.chunk_frames, cfg.overlap_frames,
+                             in_per_frame=self.ratio)
 
     def encode(self, audio: Tensor, sample: bool = False, generator: Optional[torch.Generator] = None,
                chunked: Optional[bool] = None) -> Tensor:
@@ -229,14 +213,8 @@ class AutoencoderVAE(nn.Module):
             chunked = frames > chunk
         if not chunked:
             return run(latents)
-        out = None
-        for w0, w1, k0, k1 in _spans(frames, chunk, cfg.overlap_frames):
-            part = run(latents[..., w0:w1])
-            if out is None:
-                out = part.new_empty(part.shape[0], part.shape[1], frames * self.ratio)
-            out[..., k0 * self.ratio: k1 * self.ratio] = \
-                part[..., (k0 - w0) * self.ratio: (k1 - w0) * self.ratio]
-        return out
+        return map_in_chunks(run, latents, frames, chunk, cfg.overlap_frames,
+                             out_per_frame=self.ratio)
 
     def forward(self, audio: Tensor, generator: Optional[torch.Generator] = None
                 ) -> Tuple[Tensor, Tensor, Tensor]:
