@@ -1,10 +1,11 @@
-"""fastaudio: Stable Audio 1.0 on Triton kernels, FlashAttention and CUDA graphs."""
+"""fastaudio: the fast engine for Stable Audio checkpoints, on Triton kernels, FlashAttention and CUDA graphs."""
 from setuptools import find_packages, setup
 
 setup(
     name="fastaudio",
-    version="0.1.0",
-    description="Fast Stable Audio 1.0: timing-conditioned latent diffusion for 44.1 kHz stereo audio",
+    version="0.2.0",
+    description="The fast engine for Stable Audio checkpoints (Stable Audio Open 1.0 and Small, "
+                "SA1.0-style models): text to 44.1 kHz stereo on GPUs and CPUs",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
@@ -21,9 +22,10 @@ setup(
         "soundfile",
         "tqdm",
         "tokenizers",
+        "transformers",  # T5, the text encoder of Stable Audio Open
     ],
     extras_require={
-        "test": ["pytest", "transformers", "einops", "einops-exts", "soxr", "scipy", "auraloss==0.4.0",
+        "test": ["pytest", "transformers", "diffusers", "einops", "einops-exts", "soxr", "scipy", "auraloss==0.4.0",
                  "torchsde", "torchdiffeq"],
         "train": ["soxr", "tensorboard", "scipy"],
         "gpu": ["flash-attn", "xformers"],

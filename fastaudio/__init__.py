@@ -1,17 +1,22 @@
-"""fastaudio: the fastest complete implementation of Stable Audio 1.0.
+"""fastaudio: the fast engine for Stable Audio checkpoints (Stable Audio Open 1.0 and Small,
+SA1.0-style models) on GPUs and CPUs.
 
     import fastaudio
-    model = fastaudio.build_model("stable-audio-1.0")          # fresh weights
-    model = fastaudio.load_model("path/to/model_folder")       # ours or stable-audio-tools'
-    pipe = fastaudio.StableAudio.from_pretrained("path/to/model_folder")
-    audio = pipe.generate("a calm piano melody", seconds_total=10)   # (B, 2, N) at 44.1 kHz
+    pipe = fastaudio.StableAudio.from_pretrained(fastaudio.default_model_path(), device="cpu")
+    out = pipe.generate("a calm piano melody", seconds_total=5, steps=8, seed=0)
+    out.audio                                 # (1, 2, 220500) float32 at out.sample_rate (44.1 kHz)
+    model = fastaudio.load_model("path/to/model_folder")   # any supported layout
+    model = fastaudio.build_model("stable-audio-1.0")      # fresh weights of a SA1.0 preset
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
+from .assets import default_model_path  # noqa: E402
 from .checkpoints import CheckpointError, load_model, save_model  # noqa: E402
 from .config import ConfigError, ModelConfig, preset  # noqa: E402
 from .config_files import load_config  # noqa: E402
 from .models.stable_audio import StableAudioModel, build_model  # noqa: E402
+from .pipeline import GenerationError, GenerationOutput, StableAudio  # noqa: E402
 
-__all__ = ["build_model", "load_model", "save_model", "StableAudioModel", "ModelConfig",
-           "preset", "load_config", "ConfigError", "CheckpointError"]
+__all__ = ["StableAudio", "GenerationOutput", "GenerationError", "load_model", "save_model",
+           "build_model", "default_model_path", "StableAudioModel", "ModelConfig", "preset",
+           "load_config", "ConfigError", "CheckpointError"]

@@ -28,7 +28,8 @@ from .config import ConfigError, ModelConfig, config_to_json
 from .config_files import read_model_config
 from .models.clap import CLAP, load_laion_clap_text
 from .models.stable_audio import StableAudioModel
-from .errors import FastAudioError
+from .state_dicts import (CheckpointError, check_state_dict, normalize_weight_norm,  # noqa: F401
+                          read_state_dict)
 
 log = logging.getLogger("fastaudio")
 
@@ -46,37 +47,6 @@ SAT_PREFIXES: List[Tuple[str, str]] = [
     ("conditioner.conditioners.seconds_start.", "conditioner.seconds_start."),
     ("conditioner.conditioners.seconds_total.", "conditioner.seconds_total."),
 ]
-
-
-class CheckpointError(FastAudioError, ValueError):
-    """A checkpoint is missing, unreadable, or does not fit the model."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading tensors
-# ---------------------------------------------------------------------------------------------
-
-def read_state_dict(path: str) -> Dict[str, Tensor]:
-    """Tensors of a .safetensors or .ckpt/.pt file; a clear error for corrupt or truncated files."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        try:
-            return load_file(path)
-        except Exception as e:  # SafetensorError, OSError: corrupt header, truncated data
-            raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or "
-                                  f"truncated?): {e}") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, truncated, or not "
-                              f"loadable with weights_only=True): {str(e).splitlines()[0]}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return obj
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,58 +74,6 @@ def sat_to_fastaudio(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
                               f"Stable Audio 1.0): {', '.join(unknown[:8])}"
                               + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""))
     return out
-
-
-def _norm_except_dim0(v: Tensor) -> Tensor:
-    return v.norm(2, dim=tuple(range(1, v.dim())), keepdim=True)
-
-
-def normalize_weight_norm(sd: Dict[str, Tensor], expected: Dict[str, Tensor]) -> Dict[str, Tensor]:
-    """Bring weight-norm tensors into the layout the model expects: accepts weight_g/weight_v,
-    torch parametrizations (original0/original1) and folded weights."""
-    sd = dict(sd)
-    for key in list(sd):
-        if key.endswith(".parametrizations.weight.original0"):
-            base = key[: -len("parametrizations.weight.original0")]
-            sd[base + "weight_g"] = sd.pop(key)
-            sd[base + "weight_v"] = sd.pop(base + "parametrizations.weight.original1")
-    for key in list(sd):
-        if key.endswith(".weight_g"):
-            base = key[: -len("weight_g")]
-            if base + "weight" in expected and base + "weight_g" not in expected:
-                g, v = sd.pop(key), sd.pop(base + "weight_v")
-                sd[base + "weight"] = g * (v / _norm_except_dim0(v))
-        elif key.endswith(".weight"):
-            base = key[: -len("weight")]
-            if base + "weight_g" in expected and base + "weight" not in expected:
-                w = sd.pop(key)
-                sd[base + "weight_v"] = w
-                sd[base + "weight_g"] = _norm_except_dim0(w)
-    return sd
-
-
-def check_state_dict(sd: Dict[str, Tensor], expected: Dict[str, Tensor], source: str,
-                     allow_missing_prefixes: Tuple[str, ...] = ()) -> None:
-    """Raise naming every missing, unexpected or mis-shaped tensor."""
-    missing = [k for k in expected if k not in sd and not k.startswith(allow_missing_prefixes)]
-    unexpected = [k for k in sd if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in sd if k in expected and tuple(sd[k].shape) != tuple(expected[k].shape)]
-    if not (missing or unexpected or shapes):
-        return
-    def listing(title: str, items: List[str]) -> str:
-        more = f" (+{len(items) - 6} more)" if len(items) > 6 else ""
-        return f"\n  {title} ({len(items)}): " + ", ".join(items[:6]) + more
-    msg = f"checkpoint {source} does not fit the model configuration"
-    if shapes:
-        msg += listing("mis-shaped", shapes)
-    if missing:
-        msg += listing("missing", missing)
-    if unexpected:
-        msg += listing("unexpected", unexpected)
-    if shapes:
-        msg += "\n  (a checkpoint of another preset or configuration?)"
-    raise CheckpointError(msg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,14 +132,25 @@ def _tokenizer_folder(folder: str, tokenizer: Optional[str]) -> Optional[str]:
 
 def load_model(path: str, device: Optional[Union[str, torch.device]] = None,
                dtype: Optional[torch.dtype] = None, clap_checkpoint: Optional[str] = None,
-               tokenizer: Optional[str] = None) -> StableAudioModel:
-    """Load a fastaudio model folder or a stable-audio-tools diffusion_cond checkpoint.
+               tokenizer: Optional[str] = None, text_encoder: Optional[str] = None):
+    """Load a model folder of any supported layout:
 
-    ``clap_checkpoint``: a LAION-CLAP checkpoint for the text tower (stable-audio-tools models
-    keep their CLAP apart; default: the config's ``clap_ckpt_path`` when that file exists).
-    ``tokenizer``: a folder with RoBERTa's tokenizer files (default: ``tokenizer/`` in the model
-    folder, or the folder itself).
+    * fastaudio's own (``model_config.json`` in our format + ``model.safetensors``);
+    * a stable-audio-tools ``diffusion_cond`` checkpoint (its ``model_config.json`` and
+      ``model.safetensors`` or ``model.ckpt``): SA1.0-style (U-Net) or Stable Audio Open (DiT);
+    * diffusers' StableAudioPipeline layout (``model_index.json``, ``transformer/``, ``vae/``,
+      ``text_encoder/``, ``tokenizer/``, ``projection_model/``).
+
+    ``clap_checkpoint``: a LAION-CLAP checkpoint for a SA1.0-style model's text tower (default:
+    the config's ``clap_ckpt_path`` when that file exists). ``tokenizer``: a folder with
+    RoBERTa's tokenizer files (default: ``tokenizer/`` in the model folder). ``text_encoder``: a
+    T5 folder for Stable Audio Open models (default: ``text_encoder/`` beside the checkpoint,
+    then the Hugging Face cache; nothing is downloaded).
     """
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model_index.json")):
+        from .diffusers_checkpoints import load_diffusers_model
+        model = load_diffusers_model(path, text_encoder=text_encoder)
+        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
     cfg_path, weights_path = _resolve(path)
     folder = os.path.dirname(os.path.abspath(cfg_path))
     try:
@@ -234,6 +163,11 @@ def load_model(path: str, device: Optional[Union[str, torch.device]] = None,
     except ConfigError as e:
         raise CheckpointError(f"{cfg_path}: {e}") from None
     is_reference = "model_type" in raw
+    from .open_config import OpenModelConfig
+    if isinstance(cfg, OpenModelConfig):
+        from .open_checkpoints import load_open_model
+        model = load_open_model(cfg, folder, weights_path, text_encoder)
+        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
     # Stored precision is a storage choice (the shipped model is float16): compute starts in fp32,
     # and ``dtype`` converts afterwards.

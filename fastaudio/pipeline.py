@@ -258,7 +258,8 @@ class StableAudio:
         Defaults (steps, cfg_scale, sampler, cfg_rescale, sigmas) come from the model config's
         ``sampling`` section. ``seed``: an int (item i gets seed + i), one per item, or None
         (random). ``latents``: the initial standard-normal noise (B, C, frames) instead of the
-        seeded draw. ``window`` renders fewer latent frames than the full window for short
+        seeded draw; the seeds then only drive SDE / pingpong step noise (default 0, so the same
+        latents give the same audio). ``window`` renders fewer latent frames than the full window for short
         clips. ``callback`` receives k-diffusion's step dict after each step. ``trim=False``
         returns the whole rendered window.
         """
@@ -269,6 +270,8 @@ class StableAudio:
             raise GenerationError(f"dtype={wanted} but this pipeline runs in {self.dtype}: build it "
                                   "with that dtype or call pipe.to(dtype=...) first")
         prompts = prompt_list(prompt, batch_size)
+        if seed is None and latents is not None:
+            seed = 0  # the run is then a function of the latents alone (step noise seeded 0, 1, …)
         seeds = seed_list(seed, len(prompts))
         frames = self.window_frames(window, seconds_total)
         timer = StageTimer(self.device)

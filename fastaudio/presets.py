@@ -31,9 +31,10 @@ def build_preset_model(name: str, seed: int = 0, device=None):
     and the text tower's cost is the same (max_length positions)."""
     from .config import PRESETS
     if name not in PRESETS:
-        from .open_config import OPEN_PRESETS, build_open_preset
+        from .open_config import OPEN_PRESETS, open_preset
         if name in OPEN_PRESETS:
-            return build_open_preset(name, seed=seed, device=device)
+            from .models.open_audio import build_open_model
+            return build_open_model(open_preset(name), seed=seed, device=device)
     from .models.stable_audio import build_model
     model = build_model(name, seed=seed, device=device)
     clap = model.conditioner.clap

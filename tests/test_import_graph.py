@@ -43,6 +43,9 @@ def _resolve(module: str, is_package: bool, level: int, target: str | None) -> s
     return ".".join(base + ([target] if target else []))
 
 
+MISSING: Set[str] = set()  # package-internal imports naming no module (filled by import_edges)
+
+
 def import_edges(modules: Dict[str, str]) -> Dict[str, Set[str]]:
     edges: Dict[str, Set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
@@ -54,6 +57,10 @@ def import_edges(modules: Dict[str, str]) -> Dict[str, Set[str]]:
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(name, is_package, node.level, node.module) if node.level else node.module
+                if base not in modules:
+                    if base.startswith("fastaudio"):
+                        MISSING.add(f"{name}: {base}")
+                    continue
                 # `from pkg import sub` imports the module pkg.sub when there is one
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             for t in targets:
@@ -123,3 +130,8 @@ def test_kernels_import_nothing_from_fastaudio():
            for m, deps in graph.items() if m.startswith("fastaudio.kernels")}
     bad = {m: d for m, d in bad.items() if d}
     assert not bad, f"kernels/ must not import fastaudio: {bad}"
+
+
+def test_every_internal_import_names_a_module():
+    import_edges(module_files())
+    assert not MISSING, f"imports of modules that do not exist: {sorted(MISSING)}"

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 from torch import Tensor
 
+from .rectified_flow import RF_PLANS, RFDenoiser, rf_start, rf_timesteps
 from .samplers import PLANS
 from .schedule import VDenoiser
 from .sigmas import get_sigmas
@@ -39,7 +40,27 @@ class VObjective:
         return VDenoiser(guided)
 
 
-OBJECTIVES: Dict[str, object] = {"v": VObjective()}
+class RFObjective:
+    """Rectified flow (``rf_denoiser``, ``rectified_flow``): t from σ_max (1) to 0 on the
+    reference's log-SNR grid; the network predicts the velocity ε − x0."""
+    name = "rf"
+    plans = RF_PLANS
+
+    def schedule(self, steps: int, sampling, sigma_min: Optional[float], sigma_max: Optional[float],
+                 frames: int) -> List[float]:
+        if sigma_min is not None:
+            raise ValueError("sigma_min does not apply to rectified-flow models (their schedule "
+                             "always ends at t = 0); set sigma_max (<= 1) to start lower")
+        return rf_timesteps(steps, sampling.sigma_max if sigma_max is None else sigma_max).tolist()
+
+    def start(self, noise: Tensor, schedule: List[float]) -> Tensor:
+        return rf_start(noise, None, schedule[0])  # from pure noise: x = noise
+
+    def denoiser(self, guided) -> RFDenoiser:
+        return RFDenoiser(guided)
+
+
+OBJECTIVES: Dict[str, object] = {"v": VObjective(), "rf": RFObjective()}
 
 
 def objective(name: str):
