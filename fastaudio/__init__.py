@@ -4,9 +4,12 @@ SA1.0-style models) on GPUs and CPUs.
     import fastaudio
     pipe = fastaudio.StableAudio.from_pretrained(fastaudio.default_model_path(), device="cpu")
     out = pipe.generate("a calm piano melody", seconds_total=5, steps=8, seed=0)
-    out.audio                                 # (1, 2, 220500) float32 at out.sample_rate (44.1 kHz)
-    model = fastaudio.load_model("path/to/model_folder")   # any supported layout
-    model = fastaudio.build_model("stable-audio-1.0")      # fresh weights of a SA1.0 preset
+    print(out.audio.shape, out.sample_rate)   # torch.Size([1, 2, 220500]) 44100, float32 audio
+    model = fastaudio.load_model(fastaudio.default_model_path())   # any supported folder layout
+    fresh = fastaudio.build_model("tiny", seed=0)                  # random weights of a preset
+
+``StableAudio.from_pretrained`` also reads Stable Audio Open folders (stable-audio-tools' or
+diffusers' layout); see README.md.
 """
 __version__ = "0.2.0"
 
