@@ -14,6 +14,7 @@ Tests that need them are skipped when the packages are absent, unless
 """
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -214,9 +215,10 @@ def sat():
     for pkg, sub in (("stable_audio_tools", ""), ("stable_audio_tools.models", "models"),
                      ("stable_audio_tools.inference", "inference"), ("stable_audio_tools.data", "data")):
         if pkg not in sys.modules or not hasattr(sys.modules[pkg], "__path__"):
-            m = types.ModuleType(pkg)
-            m.__path__ = [os.path.join(root, sub) if sub else root]
-            sys.modules[pkg] = m
+            # a real spec: other loaders (and importlib.util.find_spec) look these packages up
+            spec = importlib.machinery.ModuleSpec(pkg, None, is_package=True)
+            spec.submodule_search_locations = [os.path.join(root, sub) if sub else root]
+            sys.modules[pkg] = importlib.util.module_from_spec(spec)
     try:
         mods = {name: importlib.import_module(f"stable_audio_tools.{path}") for name, path in (
             ("sampling", "inference.sampling"), ("generation", "inference.generation"),

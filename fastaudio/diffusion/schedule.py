@@ -54,7 +54,9 @@ class VDenoiser:
         self.model = v_model
 
     def __call__(self, x: Tensor, sigma: Tensor, **kwargs) -> Tensor:
-        c_skip, c_out, c_in = (_expand(c, x) for c in scalings(sigma.to(torch.float32)))
+        # at least fp32 (bf16 sigmas would round the scalings), fp64 kept when given
+        precision = torch.promote_types(sigma.dtype, torch.float32)
+        c_skip, c_out, c_in = (_expand(c, x) for c in scalings(sigma.to(precision)))
         v = self.model((x * c_in).to(x.dtype), sigma_to_t(sigma), **kwargs)
         return (x * c_skip + v.to(x.dtype) * c_out).to(x.dtype)
 
