@@ -42,6 +42,7 @@ def _decoder(seed):
     return model.vae.decoder.eval().requires_grad_(False), model.config.vae.decoder.latent_dim
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_frozen_compile_matches_eager_and_follows_new_weights():
     torch._dynamo.reset()

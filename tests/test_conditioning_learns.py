@@ -6,6 +6,7 @@ tiny model trained for a few hundred steps on exactly the stage's forward (Diffu
 frozen CLAP, trainable projection, timing tables and U-Net, 10 % null-context dropout) must
 generate, from the same noise, each prompt's own pattern. If any link carried no information
 (context dropped, mask all False, timing ids constant) the two samples would be equal."""
+import pytest
 import torch
 
 from fastaudio import build_model
@@ -25,6 +26,7 @@ def _patterns(channels: int, length: int):
     return torch.randn(4, channels, 1, generator=g).expand(4, channels, length).contiguous()
 
 
+@pytest.mark.slow
 def test_prompt_and_duration_steer_the_samples():
     torch.manual_seed(0)
     model = build_model("tiny", seed=0)

@@ -154,6 +154,7 @@ def test_family_classifier_separates_separable_data():
     assert np.allclose(clf.probabilities(x).sum(1), 1)
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_on_the_tiny_preset(tmp_path):
     from fastaudio import build_model
     from fastaudio.data.manifest import AudioItem

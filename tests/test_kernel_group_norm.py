@@ -79,12 +79,14 @@ AFFINES = ("none", "wb", "w", "b")
 COMBOS = list(itertools.product(AFFINES, (False, True), (False, True), (False, True)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("affine,film_scale,film_shift,silu", COMBOS)
 def test_every_combination_fp32(affine, film_scale, film_shift, silu):
     # Awkward: odd C and L, 3 channels per group (not a power of two), L not a block multiple.
     check((2, 15, 601), 5, torch.float32, affine, film_scale, film_shift, silu)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("affine,film_scale,film_shift,silu",
                          [c for c in COMBOS if c[0] in ("none", "wb")])
 def test_every_combination_bf16(affine, film_scale, film_shift, silu):

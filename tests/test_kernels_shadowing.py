@@ -76,6 +76,7 @@ def test_without_another_kernels_package_the_import_fails_cleanly():
     assert "fastaudio.kernels" in out.stdout
 
 
+@pytest.mark.slow
 def test_transformers_imports_from_the_repo_root():
     pytest.importorskip("transformers")
     code = "import transformers, kernels; from transformers import T5EncoderModel; print(kernels.__file__)"

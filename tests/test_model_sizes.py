@@ -45,6 +45,7 @@ def test_timing_tables_and_text_tower(sa10):
     assert sa10.unet.fixed_embedding.embedding.weight.dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_unet_flops_match_the_design_figures():
     """DESIGN.md: ~2.29 TFLOP per forward per item at L=4096, the attention core ~12 % of it; the
     core grows almost with the square of the length (self-attention; cross-attention to 79 tokens
@@ -61,6 +62,7 @@ def test_unet_flops_match_the_design_figures():
     assert abs(unet_flops("stable-audio-1.0", 4096, 2)["total"] / full["total"] - 2) < 1e-6
 
 
+@pytest.mark.slow
 def test_cached_keys_values_leave_out_exactly_the_context_projections():
     """With the cross-attention keys/values passed in, the count drops by the K/V projections:
     2 · tokens · context features · (2 · heads · head features) per cross-attention layer and

@@ -71,6 +71,7 @@ def test_resnet_block_film_and_residual_on_kernels():
     assert dispatch.path_counts[("group_norm", "triton")] > 0 and dispatch.path_counts[("conv1d", "triton")] > 0
 
 
+@pytest.mark.slow
 def test_short_training_run_has_the_same_loss_curve():
     """A one-level U-Net, 3 AdamW steps from the same seed, kernels vs references."""
     cfg = UNetConfig(in_channels=4, channels=16, multipliers=[1, 2], factors=[2], num_blocks=[1],
@@ -102,6 +103,7 @@ def test_short_training_run_has_the_same_loss_curve():
         assert abs(a - b) <= 1e-4 * abs(b), curves
 
 
+@pytest.mark.slow
 def test_unet_block_compiles_with_the_kernels_inside():
     torch.manual_seed(0)
     block = ResnetBlock1d(8, 8, num_groups=4, mapping_features=16).to(DEVICE)

@@ -192,6 +192,7 @@ def test_graph_and_eager_results_are_equal_on_gpu():
     torch.testing.assert_close(a2, b2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_compile_execution_matches_eager(pipe):
     """execution="compile" (torch.compile of the U-Net and the VAE decoder; inductor on a CPU)
     renders what eager renders, on a window long enough for several decoder chunks."""

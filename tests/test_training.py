@@ -64,6 +64,7 @@ DIFFUSION_CFG = {"stage": "diffusion", "log_every": 1, "checkpoint_every": 2, "e
                  "optim": {"lr": 1e-3, "eps": 1e-6}}
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path, corpus, tiny_model):
     cfg = _config(tmp_path, **DIFFUSION_CFG)
     args = ["train", "diffusion", "--init", tiny_model, "--data", str(corpus / "train.jsonl"),
@@ -88,6 +89,7 @@ def test_two_processes_equal_one_process(tmp_path, corpus, tiny_model):
     np.testing.assert_allclose([v for _, v in la], [v for _, v in lb], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fsdp_with_a_resume_equals_one_process(tmp_path, corpus, tiny_model):
     """FSDP2 (fully_shard) under torchrun, gloo: 2 steps, resume, a 3rd step; EMA and export
     gathered from the shards. Equal to one uninterrupted process."""
@@ -113,6 +115,7 @@ def test_fsdp_with_a_resume_equals_one_process(tmp_path, corpus, tiny_model):
                                [v for _, v in _losses(tmp_path / "one")], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_continues_exactly(tmp_path, corpus, tiny_model):
     cfg = _config(tmp_path, **DIFFUSION_CFG)
     base = ["train", "diffusion", "--data", str(corpus / "train.jsonl"), "--init", tiny_model,
@@ -165,6 +168,7 @@ def _train_in_process(stage, run_dir, data, init, steps, **cfg):
     return [v for _, v in _losses(run_dir)]
 
 
+@pytest.mark.slow
 def test_clap_overfits_a_tiny_batch(tmp_path, corpus, tiny_model):
     losses = _train_in_process("clap", tmp_path / "clap", str(corpus / "train.jsonl"), tiny_model, 60,
                                batch_size=8, log_every=1, ema_decay=0.0,
@@ -174,6 +178,7 @@ def test_clap_overfits_a_tiny_batch(tmp_path, corpus, tiny_model):
     assert losses[0] > 1.5 and min(losses[-5:]) < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_diffusion_overfits_a_tiny_batch(tmp_path, corpus, tiny_model):
     losses = _train_in_process("diffusion", tmp_path / "diff", str(corpus / "train.jsonl"), tiny_model,
                                60, batch_size=8, log_every=1, ema_decay=0.0,
@@ -183,6 +188,7 @@ def test_diffusion_overfits_a_tiny_batch(tmp_path, corpus, tiny_model):
     assert last < first / 4, (first, last)
 
 
+@pytest.mark.slow
 def test_vae_overfits_a_tiny_batch(tmp_path, corpus, tiny_model):
     # spectral + KL only: the discriminator costs ~7 s a step on a CPU (tested apart below)
     losses = _train_in_process("vae", tmp_path / "vae", str(corpus / "train.jsonl"), tiny_model, 40,
@@ -268,6 +274,7 @@ def test_train_config_is_strict():
     assert train_config_from_json('{"vae": {"sample_size": 1024}}', base).vae.sample_size == 1024
 
 
+@pytest.mark.slow
 def test_latent_cache_command_feeds_diffusion_training(tmp_path, corpus, tiny_model, capsys):
     cache = tmp_path / "latents"
     code = main(["latents", "--model", tiny_model, "--data", str(corpus / "train.jsonl"),
@@ -305,6 +312,7 @@ def test_silent_tails_zero_a_suffix_of_a_share_of_the_crops():
     assert all((row[:, -1] == 0).all() for row in with_silent_tails(audio, 1.0, gens()))
 
 
+@pytest.mark.slow
 def test_decoder_fine_tune_keeps_the_encoder(tmp_path, corpus, tiny_model):
     """The paper's second VAE stage with silent tails: the decoder moves, the encoder (and so the
     latent space a diffusion model was trained on) stays bit for bit."""
@@ -335,6 +343,7 @@ def test_a_continued_stage_keeps_the_earlier_training_record(tmp_path, corpus, t
     assert (later["steps"], later["init"]) == (1, first)
 
 
+@pytest.mark.slow
 def test_add_pooled_context_fine_tunes_an_older_model(tmp_path, corpus, tiny_model):
     """--add-pooled-context: the run starts from the --init model's outputs exactly (the new
     layer is zero), trains the new layer, exports a model whose config has the path, and a
