@@ -20,7 +20,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from .errors import FastAudioError
 

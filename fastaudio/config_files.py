@@ -32,9 +32,13 @@ def read_model_config(data: Any, source: str = "config"):
     """A parsed JSON object → ModelConfig (SA1.0 family) or OpenModelConfig (DiT family)."""
     if not is_stable_audio_tools(data):
         return config_from_obj(data, source)
-    if diffusion_type(data) == "dit":
+    kind = diffusion_type(data)
+    if kind == "dit":
         from .open_config import open_config_from_reference
         return open_config_from_reference(data, source)
+    if kind not in (None, "adp_cfg_1d"):
+        raise ConfigError(f"{source}: model.diffusion.type = {kind!r} is not supported (dit: Stable "
+                          "Audio Open 1.0 / Small; adp_cfg_1d: Stable Audio 1.0)")
     from .reference_config import config_from_reference
     return config_from_reference(data, source)
 

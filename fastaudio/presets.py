@@ -15,13 +15,8 @@ log = logging.getLogger("fastaudio")
 
 def preset_names() -> List[str]:
     from .config import PRESETS
-    names = list(PRESETS)
-    try:
-        from .open_config import OPEN_PRESETS
-        names += list(OPEN_PRESETS)
-    except ImportError:  # the open family is not part of this build
-        pass
-    return names
+    from .open_config import OPEN_PRESETS
+    return list(PRESETS) + list(OPEN_PRESETS)
 
 
 def build_preset_model(name: str, seed: int = 0, device=None):
@@ -35,6 +30,8 @@ def build_preset_model(name: str, seed: int = 0, device=None):
         if name in OPEN_PRESETS:
             from .models.open_audio import build_open_model
             return build_open_model(open_preset(name), seed=seed, device=device)
+        from .config import ConfigError
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(preset_names())}")
     from .models.stable_audio import build_model
     model = build_model(name, seed=seed, device=device)
     clap = model.conditioner.clap

@@ -27,9 +27,9 @@ import pytest
 import torch
 
 from tiny_t5 import make_tiny_t5
-from fastaudio.diffusers_checkpoints import (PROJECTION_KEYS, SCHEDULER_DEFAULTS,
-                                             TRANSFORMER_DEFAULTS, VAE_DEFAULTS,
-                                             load_diffusers_model, reference_config)
+from fastaudio.diffusers_checkpoints import load_diffusers_model
+from fastaudio.diffusers_config import (PROJECTION_KEYS, SCHEDULER_DEFAULTS, TRANSFORMER_DEFAULTS,
+                                        VAE_DEFAULTS, reference_config)
 from fastaudio.state_dicts import CheckpointError
 
 diffusers = pytest.importorskip("diffusers")

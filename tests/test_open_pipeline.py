@@ -239,6 +239,8 @@ def _no_t5(folder):
      r"diffusion_objective.*'edm'"),
     (lambda f: _edit_config(f, lambda c: c["model"]["diffusion"]["config"].update(depht=3)),
      r"depht"),
+    (lambda f: _edit_config(f, lambda c: c["model"]["diffusion"].update(type="mmdit")),
+     r"model\.diffusion\.type.*'mmdit'"),
     (_no_t5, r"no T5 text encoder.*text_encoder.*--text-encoder"),
 ])
 def test_bad_folders_are_named(good_folder, tmp_path, monkeypatch, breakage, match):
