@@ -29,7 +29,7 @@ from .config_files import read_model_config
 from .models.clap import CLAP, load_laion_clap_text
 from .models.stable_audio import StableAudioModel
 from .state_dicts import (CheckpointError, check_state_dict, normalize_weight_norm,  # noqa: F401
-                          read_state_dict)
+                          read_state_dict, strip_training_wrapper)
 
 log = logging.getLogger("fastaudio")
 
@@ -55,12 +55,7 @@ SAT_PREFIXES: List[Tuple[str, str]] = [
 
 def sat_to_fastaudio(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Rename a stable-audio-tools diffusion_cond state dict to our layout."""
-    if any(k.startswith("diffusion.") for k in sd):  # a training wrapper's checkpoint
-        dropped = [k for k in sd if k.startswith("diffusion_ema.")]
-        if dropped:
-            log.info("stable-audio-tools training checkpoint: using the online weights, "
-                     "ignoring %d EMA tensors", len(dropped))
-        sd = {k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")}
+    sd = strip_training_wrapper(sd, log)
     out, unknown = {}, []
     for key, value in sd.items():
         for theirs, ours in SAT_PREFIXES:

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .open_config import OpenModelConfig
-from .state_dicts import CheckpointError, check_state_dict, normalize_weight_norm, read_state_dict
+from .state_dicts import (CheckpointError, check_state_dict, normalize_weight_norm, read_state_dict,
+                          strip_training_wrapper)
 
 log = logging.getLogger("fastaudio")
 
@@ -29,12 +30,7 @@ OPEN_PREFIXES: List[Tuple[str, str]] = [
 
 def sat_open_to_fastaudio(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Rename a stable-audio-tools DiT-family state dict to our layout; unknown keys are named."""
-    if any(k.startswith("diffusion.") for k in sd):  # a training wrapper's checkpoint
-        dropped = sum(k.startswith("diffusion_ema.") for k in sd)
-        if dropped:
-            log.info("stable-audio-tools training checkpoint: using the online weights, ignoring "
-                     "%d EMA tensors", dropped)
-        sd = {k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")}
+    sd = strip_training_wrapper(sd, log)
     out, unknown = {}, []
     for key, value in sd.items():
         for theirs, ours in OPEN_PREFIXES:

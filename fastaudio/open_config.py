@@ -22,26 +22,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-from .config import ConfigError
+from .config import ConfigError, SamplingConfig
 
 OBJECTIVES = {"v": "v", "rf_denoiser": "rf", "rectified_flow": "rf"}
 
 
-@dataclass
-class OpenSamplingConfig:
-    """Sampler defaults, from each checkpoint's model card (the config file carries none)."""
-    sampler: str = "dpmpp-3m-sde"
-    steps: int = 100
-    cfg_scale: float = 7.0
-    cfg_rescale: float = 0.0
-    sigma_min: float = 0.3
-    sigma_max: float = 500.0
-    schedule: str = "polyexponential"
-    rho: float = 1.0
-
-
-V_SAMPLING = OpenSamplingConfig()
-RF_SAMPLING = OpenSamplingConfig(sampler="pingpong", steps=8, cfg_scale=1.0, cfg_rescale=0.0,
+# Sampler defaults, from each checkpoint's model card (the config file carries none).
+V_SAMPLING = SamplingConfig(cfg_rescale=0.0, sigma_min=0.3, sigma_max=500.0)
+RF_SAMPLING = SamplingConfig(sampler="pingpong", steps=8, cfg_scale=1.0, cfg_rescale=0.0,
                                  sigma_min=0.0, sigma_max=1.0, schedule="linear")
 
 
@@ -60,7 +48,7 @@ class OpenModelConfig:
     global_ids: List[str]
     diffusion_objective: str             # as in the file: v | rf_denoiser | rectified_flow
     dit: Dict[str, Any]                  # model.diffusion.config
-    sampling: OpenSamplingConfig = field(default_factory=OpenSamplingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     source: Dict[str, Any] = field(default_factory=dict)
 
     @property

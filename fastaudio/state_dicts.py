@@ -43,6 +43,18 @@ def read_state_dict(path: str) -> Dict[str, Tensor]:
     return obj
 
 
+def strip_training_wrapper(sd: Dict[str, Tensor], log=None) -> Dict[str, Tensor]:
+    """A stable-audio-tools training wrapper's checkpoint keeps the model under ``diffusion.``
+    and an EMA copy under ``diffusion_ema.``: the online weights, with the prefix removed."""
+    if not any(k.startswith("diffusion.") for k in sd):
+        return sd
+    dropped = sum(k.startswith("diffusion_ema.") for k in sd)
+    if dropped and log is not None:
+        log.info("stable-audio-tools training checkpoint: using the online weights, ignoring "
+                 "%d EMA tensors", dropped)
+    return {k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")}
+
+
 def _norm_except_dim0(v: Tensor) -> Tensor:
     return v.norm(2, dim=tuple(range(1, v.dim())), keepdim=True)
 

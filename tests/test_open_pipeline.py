@@ -289,3 +289,18 @@ def test_graph_and_eager_agree_on_gpu(kind, t5_dirs, tmp_path, monkeypatch):
         kw = dict(seconds_total=window, steps=4, seed=3, cfg_scale=3.0)
         a, b = graph.generate(prompt, **kw).audio, eager.generate(prompt, **kw).audio
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_execution_matches_eager(t5_dirs, tmp_path, monkeypatch):
+    """execution="compile" (the DiT frozen and compiled, the Oobleck decoder compiled) renders what
+    eager renders, guided (cfg 3) and not."""
+    from fastaudio import StableAudio
+    folder, _, _ = reference_folder("v", str(tmp_path), t5_dirs, monkeypatch)
+    window = RATIO * FRAMES / 44100
+    compiled = StableAudio.from_pretrained(folder, device="cpu", dtype="fp32", execution="compile")
+    eager = StableAudio.from_pretrained(folder, device="cpu", dtype="fp32", execution="eager")
+    for cfg_scale in (1.0, 3.0):
+        kw = dict(seconds_total=window, steps=3, seed=2, cfg_scale=cfg_scale, sampler="dpmpp-2m")
+        a, b = compiled.generate("rain", **kw).audio, eager.generate("rain", **kw).audio
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

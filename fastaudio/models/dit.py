@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..diffusion.guidance import combine_guidance
 from ..errors import FastAudioError
 from .transformer import ContinuousTransformer, TransformerConfigError
 
@@ -290,7 +291,7 @@ class DiffusionTransformer(nn.Module):
         both = self._forward(twice(x), twice(t), batch_cond, None, twice(input_concat_cond),
                              twice(global_embed), batch_prepend, use_checkpointing)
         cond, uncond_out = both.chunk(2, dim=0)
-        out = guide(cond, uncond_out, cfg_scale, scale_phi)
+        out = combine_guidance(cond, uncond_out, cfg_scale, scale_phi)
         # the reference guides only when sigma(t[0]) is in cfg_interval (a host-side test there)
         sigma = torch.sin(t[0] * math.pi / 2) if self.diffusion_objective == "v" else t[0]
         inside = (sigma >= cfg_interval[0]) & (sigma <= cfg_interval[1])
@@ -318,15 +319,6 @@ def uncond_tokens(tokens: Tensor, negative: Optional[Tensor] = None,
     if negative_mask is None:
         return negative
     return torch.where(negative_mask.to(torch.bool).unsqueeze(2), negative, null)
-
-
-def guide(cond: Tensor, uncond: Tensor, cfg_scale: float, scale_phi: float = 0.0) -> Tensor:
-    """``uncond + s·(cond − uncond)``, then ``φ·out·std(cond)/std(out) + (1−φ)·out`` when φ≠0."""
-    out = uncond + (cond - uncond) * cfg_scale
-    if scale_phi != 0.0:
-        ratio = cond.std(dim=1, keepdim=True) / out.std(dim=1, keepdim=True)
-        out = scale_phi * (out * ratio) + (1 - scale_phi) * out
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -408,7 +400,7 @@ class GuidedDiT:
         both = self.forward(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0),
                             global_embed=self.global_embed, context_kv=self.context_kv)
         cond, uncond = both.chunk(2, dim=0)
-        return guide(cond, uncond, self.scale, self.rescale).to(x.dtype)
+        return combine_guidance(cond, uncond, self.scale, self.rescale).to(x.dtype)
 
 
 def parameter_count(module: nn.Module) -> int:

@@ -29,7 +29,7 @@ from ..errors import FastAudioError
 from ..nn.conv import WNConv1d, WNConvTranspose1d, conv1d, fold_weight_norm
 from ..nn.snake import SnakeBeta1d, fold_snake_log_scale
 from .chunking import map_in_chunks
-from .vae import AudioInputError, kl_divergence, vae_bottleneck
+from .vae import check_audio, check_latents, kl_divergence, vae_bottleneck
 
 
 class OobleckConfigError(FastAudioError, ValueError):
@@ -325,29 +325,10 @@ class OobleckVAE(nn.Module):
 
     # -- validation ---------------------------------------------------------------------------
     def check_audio(self, audio: Tensor) -> None:
-        if not isinstance(audio, Tensor):
-            raise AudioInputError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
-        if audio.dim() != 3:
-            raise AudioInputError(f"audio must be (batch, {self.io_channels}, samples), got shape "
-                                  f"{tuple(audio.shape)}")
-        if audio.shape[1] != self.io_channels:
-            raise AudioInputError(f"audio has {audio.shape[1]} channels, the VAE takes "
-                                  f"{self.io_channels} (shape {tuple(audio.shape)})")
-        if not audio.is_floating_point():
-            raise AudioInputError(f"audio must be floating point, got {audio.dtype}")
-        if audio.shape[-1] < 1:
-            raise AudioInputError("audio has no samples")
-        if not torch.isfinite(audio).all():
-            raise AudioInputError("audio contains NaN or Inf samples")
+        check_audio(audio, self.io_channels)  # any length: shorter audio is padded, as the reference
 
     def check_latents(self, latents: Tensor) -> None:
-        if not isinstance(latents, Tensor) or latents.dim() != 3 or latents.shape[1] != self.latent_dim:
-            shape = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
-            raise AudioInputError(f"latents must be (batch, {self.latent_dim}, frames), got {shape}")
-        if latents.shape[-1] < 1:
-            raise AudioInputError("latents have no frames")
-        if not latents.is_floating_point():
-            raise AudioInputError(f"latents must be floating point, got {latents.dtype}")
+        check_latents(latents, self.latent_dim)
 
     # -- chunking -------------------------------------------------------------------------------
     def default_chunk_frames(self, device: torch.device) -> int:

@@ -27,6 +27,39 @@ class AudioInputError(FastAudioError, ValueError):
     """Audio given to the model has the wrong shape, dtype, length or values."""
 
 
+def check_audio(audio: Tensor, channels: int, min_samples: int = 1, what: str = "one sample") -> None:
+    """A clear error for audio a VAE cannot take: not a tensor, not (B, channels, N), not
+    floating point, shorter than ``min_samples`` (``what``), or not finite."""
+    if not isinstance(audio, Tensor):
+        raise AudioInputError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
+    if audio.dim() != 3:
+        raise AudioInputError(f"audio must be (batch, {channels}, samples), got shape "
+                              f"{tuple(audio.shape)}")
+    if audio.shape[1] != channels:
+        raise AudioInputError(f"audio has {audio.shape[1]} channels, the VAE takes "
+                              f"{channels} (shape {tuple(audio.shape)})")
+    if not audio.is_floating_point():
+        raise AudioInputError(f"audio must be floating point, got {audio.dtype}")
+    if audio.shape[-1] < 1:
+        raise AudioInputError("audio has no samples")
+    if audio.shape[-1] < min_samples:
+        raise AudioInputError(f"audio of {audio.shape[-1]} samples is shorter than {what} "
+                              f"({min_samples} samples)")
+    if not torch.isfinite(audio).all():
+        raise AudioInputError("audio contains NaN or Inf samples")
+
+
+def check_latents(latents: Tensor, latent_dim: int) -> None:
+    """A clear error for latents a VAE cannot decode: not (B, latent_dim, frames ≥ 1) floats."""
+    if not isinstance(latents, Tensor) or latents.dim() != 3 or latents.shape[1] != latent_dim:
+        shape = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+        raise AudioInputError(f"latents must be (batch, {latent_dim}, frames), got {shape}")
+    if latents.shape[-1] < 1:
+        raise AudioInputError("latents have no frames")
+    if not latents.is_floating_point():
+        raise AudioInputError(f"latents must be floating point, got {latents.dtype}")
+
+
 class ResidualUnit(nn.Module):
     """Snake → conv k7 (dilated) → Snake → conv k1, plus the input (passed to the conv: added in
     its epilogue on the Triton path)."""
@@ -141,30 +174,10 @@ class AutoencoderVAE(nn.Module):
 
     # -- validation ---------------------------------------------------------------------------
     def check_audio(self, audio: Tensor) -> None:
-        if not isinstance(audio, Tensor):
-            raise AudioInputError(f"audio must be a torch.Tensor, got {type(audio).__name__}")
-        if audio.dim() != 3:
-            raise AudioInputError(f"audio must be (batch, {self.io_channels}, samples), got shape "
-                                  f"{tuple(audio.shape)}")
-        if audio.shape[1] != self.io_channels:
-            raise AudioInputError(f"audio has {audio.shape[1]} channels, the VAE takes "
-                                  f"{self.io_channels} (shape {tuple(audio.shape)})")
-        if not audio.is_floating_point():
-            raise AudioInputError(f"audio must be floating point, got {audio.dtype}")
-        if audio.shape[-1] < self.ratio:
-            raise AudioInputError(f"audio of {audio.shape[-1]} samples is shorter than one latent "
-                                  f"frame ({self.ratio} samples)")
-        if not torch.isfinite(audio).all():
-            raise AudioInputError("audio contains NaN or Inf samples")
+        check_audio(audio, self.io_channels, self.ratio, "one latent frame")
 
     def check_latents(self, latents: Tensor) -> None:
-        if not isinstance(latents, Tensor) or latents.dim() != 3 or latents.shape[1] != self.latent_dim:
-            shape = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
-            raise AudioInputError(f"latents must be (batch, {self.latent_dim}, frames), got {shape}")
-        if latents.shape[-1] < 1:
-            raise AudioInputError("latents have no frames")
-        if not latents.is_floating_point():
-            raise AudioInputError(f"latents must be floating point, got {latents.dtype}")
+        check_latents(latents, self.latent_dim)
 
     # -- encode ---------------------------------------------------------------------------------
     def _pad(self, audio: Tensor) -> Tensor:
