@@ -16,11 +16,14 @@ from typing import Dict, List, Optional, Tuple
 
 from common import ROOT, RESULTS_DIR, read_rows
 
-SUBJECTS = ["generate", "decode", "vs_reference", "vs_autoregressive", "kernels", "attention", "train"]
+SUBJECTS = ["generate", "decode", "vs_reference", "vs_reference_open", "cpu_options", "vs_autoregressive",
+            "kernels", "attention", "train"]
 TITLES = {
     "generate": "End-to-end generation",
     "decode": "VAE decoding within and past the window (chunked)",
     "vs_reference": "Against stable-audio-tools' own generation path",
+    "vs_reference_open": "Stable Audio Open against stable-audio-tools' own generation path",
+    "cpu_options": "CPU options for Stable Audio Open: time and quality against fp32",
     "vs_autoregressive": "Against an autoregressive baseline (MusicGen configuration)",
     "kernels": "Triton kernels against torch eager and torch.compile",
     "attention": "Attention backends",
@@ -32,12 +35,21 @@ def preset_of(r: Dict) -> Optional[str]:
     return r.get("preset") or r.get("fastaudio_preset")
 
 
+def table_key(r: Dict) -> Optional[str]:
+    """What tells tables of one device apart: the preset, and for Stable Audio Open against the
+    reference also the reference's dtype (fp32 and bf16 runs are different comparisons)."""
+    preset = preset_of(r)
+    if r.get("subject") == "vs_reference_open" and r.get("reference_dtype", "fp32") != "fp32":
+        return f"{preset}, reference in {r['reference_dtype']}"
+    return preset
+
+
 def latest_runs(rows: List[Dict]) -> Dict[Tuple[str, Optional[str]], List[Dict]]:
     """(device, preset) → the rows of its newest run (full runs before quick ones): a CPU run of
     SA1.0's shape and one of the small preset are different tables, neither replaces the other."""
     by_run = defaultdict(list)
     for r in rows:
-        by_run[(r.get("device", "?"), preset_of(r), r.get("run_id") or r.get("date"))].append(r)
+        by_run[(r.get("device", "?"), table_key(r), r.get("run_id") or r.get("date"))].append(r)
     best: Dict[Tuple[str, Optional[str]], tuple] = {}
     for (device, preset, run), rs in by_run.items():
         key = (not any(r.get("quick") for r in rs), max(r.get("date", "") for r in rs))
@@ -166,6 +178,80 @@ def para_vs_reference(rs):
             "device.\n")
 
 
+def para_vs_reference_open(rs):
+    """Targets (issue 23, SAO Small on a CPU): end to end <= the clip's length and >= 3x the
+    reference; decoding >= 3x. Otherwise: how the DiT step grows with the window."""
+    out = []
+    e2e = [r for r in rs if r["what"] == "end_to_end"]
+    dec = {r["variant"]: r for r in rs if r["what"] == "decode"}
+    step = {r["variant"]: r for r in rs if r["what"] == "step"}
+    for r in e2e:
+        v = r["variant"]
+        line = (f"{v} ({r['dtype']} DiT, {r['decoder_dtype']} decoder, {r['execution']}): end to end "
+                f"{r['fastaudio_s']:.3g} s against {r['reference_s']:.3g} s, {r['speedup']:.3g}× "
+                f"(single repetitions {r['speedup_min']:.3g}–{r['speedup_max']:.3g}×)")
+        if v in dec:
+            line += f"; decoding {dec[v]['speedup']:.3g}×"
+        if v in step:
+            line += f"; DiT step {step[v]['speedup']:.3g}×"
+        if "target_speedup" in r:
+            need = r["reference_s"] / r["target_speedup"]
+            faster = r["fastaudio_s"] <= r["target_seconds"]
+            fast_enough = r["speedup"] >= r["target_speedup"]
+            line += (f". Targets: ≤ {r['target_seconds']:.3g} s "
+                     + ("met" if faster else f"missed by {r['fastaudio_s'] - r['target_seconds']:.3g} s")
+                     + f", ≥ {r['target_speedup']:g}× "
+                     + ("met" if fast_enough else f"missed ({r['fastaudio_s']:.3g} s against the "
+                                                  f"{need:.3g} s it needs)"))
+            if v in dec and "target_speedup" in dec[v]:
+                d = dec[v]
+                line += (", decoding ≥ 3× " + ("met" if d["speedup"] >= d["target_speedup"] else
+                                               f"missed ({d['speedup']:.3g}×)"))
+        out.append(line)
+    steps = [r for r in rs if r["what"] == "step"]
+    windows = sorted({r["window_s"] for r in steps})
+    if len(windows) > 1:
+        for v in sorted({r["variant"] for r in steps}):
+            pts = sorted((r["window_s"], r["frames"], r["reference_s"], r["fastaudio_s"])
+                         for r in steps if r["variant"] == v)
+            a, b = pts[0], pts[-1]
+            out.append(f"{v}: from {a[0]:g} s to {b[0]:g} s ({b[1] / a[1]:.3g}× the latent frames) "
+                       f"the DiT step grows {b[3] / a[3]:.3g}× ({a[3]:.3g} → {b[3]:.3g} s; the "
+                       f"reference's {b[2] / a[2]:.3g}×, {a[2]:.3g} → {b[2]:.3g} s), "
+                       + ", ".join(f"{w:g} s {ref / ours:.3g}×" for w, _, ref, ours in pts)
+                       + " against the reference")
+    notes = sorted({r["note"] for r in rs if r.get("note")})
+    text = ". ".join(out) + ("." if out else "")
+    if notes:
+        text += " Note: " + "; ".join(notes) + "."
+    return text + "\n"
+
+
+def para_cpu_options(rs):
+    try:
+        sys.path.insert(0, ROOT)
+        from fastaudio.cpu_fast import SNR_THRESHOLD_DB
+    except ImportError:
+        SNR_THRESHOLD_DB = 30.0
+    base = next((r for r in rs if r.get("snr_db") is None), None)
+    ok = [r for r in rs if r.get("snr_db") is not None and r["snr_db"] >= SNR_THRESHOLD_DB]
+    text = ""
+    if base:
+        text += (f"The quality reference is {base['option']} (fp32): {base['total_s']:.3g} s for "
+                 f"{base['seconds_audio']:.3g} s of audio. ")
+    if ok:
+        best = min(ok, key=lambda r: r["total_s"])
+        text += (f"The fastest option at or above {SNR_THRESHOLD_DB:g} dB is {best['option']}: "
+                 f"{best['total_s']:.3g} s ({best['rtf']:.3g}× real time"
+                 + (f", {base['total_s'] / best['total_s']:.3g}× the fp32 eager run" if base else "")
+                 + f"), SNR {best['snr_db']:.3g} dB, latents within {best['latent_rel_err']:.2g}. ")
+    bad = [r for r in rs if r.get("snr_db") is not None and r["snr_db"] < SNR_THRESHOLD_DB]
+    if bad:
+        text += ("Below the threshold: " + ", ".join(f"{r['option']} ({r['snr_db']:.3g} dB, "
+                                                     f"{r['total_s']:.3g} s)" for r in bad) + ".")
+    return text + "\n"
+
+
 def para_ar(rs):
     lines = [f"{r['seconds']:g} s: MusicGen-{r['musicgen']}{' (scaled down)' if r.get('scaled_down') else ''} "
              f"{r['musicgen_s']:.3g} s, fastaudio {r['fastaudio_s']:.3g} s → {r['speedup']:.3g}×"
@@ -213,6 +299,15 @@ COLUMNS = {
                 "peak_memory_mb"], para_decode),
     "vs_reference": (["preset", "what", "seconds_audio", "steps", "dtype", "reference_s", "fastaudio_s",
                       "speedup", "speedup_min", "speedup_max", "execution"], para_vs_reference),
+    "vs_reference_open": (["preset", "window_s", "what", "variant", "dtype", "decoder_dtype", "reference_dtype",
+                           "steps", "repeats", "reference_s", "fastaudio_s", "speedup", "speedup_min",
+                           "speedup_max", "reference_peak_rss_mb", "fastaudio_peak_rss_mb",
+                           "reference_rss_growth_mb", "fastaudio_rss_growth_mb", "parity_rel_err",
+                           "target_met"], para_vs_reference_open),
+    "cpu_options": (["option", "seconds_audio", "steps", "execution", "dtype", "decoder_dtype", "quantize", "decode_chunk_frames",
+                     "threads", "repeats", "total_s", "sampling_s", "decode_s", "ms_per_step", "rtf",
+                     "snr_db", "latent_rel_err", "decoder_snr_db", "peak_rss_mb", "rss_growth_mb", "warmup_s"],
+                    para_cpu_options),
     "vs_autoregressive": (["musicgen", "musicgen_params_m", "seconds", "musicgen_s", "musicgen_rtf",
                            "fastaudio_preset", "fastaudio_s", "fastaudio_rtf", "speedup"], para_ar),
     "kernels": (["op", "shape", "variant", "dtype", "ms", "gbs", "bandwidth_fraction", "tflops",
@@ -222,6 +317,29 @@ COLUMNS = {
     "train": (["preset", "stage", "variant", "batch", "sample", "step_s", "samples_per_s", "peak_memory_mb"],
               para_train),
 }
+
+
+def newest_per_measurement(rs: List[Dict]) -> List[Dict]:
+    """Within one run, a later row of the same measurement (window, what, variant) replaces an
+    earlier one: a rerun of a disturbed measurement says so in its note."""
+    keep: Dict[tuple, Dict] = {}
+    for r in sorted(rs, key=lambda r: r.get("date", "")):
+        keep[(r.get("window_s"), r.get("what"), r.get("variant"))] = r
+    order = {"step": 0, "sampling": 1, "decode": 2, "end_to_end": 3}
+    first = {}
+    for r in rs:  # variants in the order they were measured
+        first.setdefault(r.get("variant"), len(first))
+    kept = [r for r in rs if keep[(r.get("window_s"), r.get("what"), r.get("variant"))] is r]
+    return sorted(kept, key=lambda r: (r.get("window_s") or 0, first[r.get("variant")],
+                                       order.get(r.get("what"), 9)))
+
+
+def _open_row(r: Dict) -> Dict:
+    """A single DiT forward or a decode has no sampler steps: show none."""
+    return dict(r, steps=None) if r.get("what") in ("step", "decode") else r
+
+
+ROW_VIEW = {"vs_reference_open": _open_row}
 
 
 def plot(device: str, runs: Dict[str, List[Dict]], path: str) -> Optional[str]:
@@ -288,10 +406,13 @@ def render() -> str:
         cols, para = COLUMNS[subject]
         runs = latest_runs(rows)
         for (device, preset), rs in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+            if subject == "vs_reference_open":
+                rs = newest_per_measurement(rs)
             per_device[device].setdefault(subject, []).extend(rs)
             several = len({p for d, p in runs if d == device}) > 1
             title = f"{device}, preset {preset}" if several else device
-            parts.append(f"### {title}\n\n" + provenance(rs) + table(rs, cols))
+            shown = [ROW_VIEW[subject](r) for r in rs] if subject in ROW_VIEW else rs
+            parts.append(f"### {title}\n\n" + provenance(rs) + table(shown, cols))
             try:
                 parts.append("\n" + para(rs) + "\n")
             except (KeyError, ValueError, ZeroDivisionError) as e:

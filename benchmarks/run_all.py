@@ -1,6 +1,7 @@
 """Run the whole benchmark suite on this machine, then regenerate bench.md.
 
-    python benchmarks/run_all.py            # full suite (on an A100/H100: SA1.0 at 10–95 s)
+    python benchmarks/run_all.py            # full suite (on an A100/H100: SA1.0 at 10–95 s;
+                                            # Stable Audio Open's CPU comparisons run on the CPU)
     python benchmarks/run_all.py --quick    # smoke run of every benchmark
 
 Each benchmark appends its rows to benchmarks/results/<subject>.jsonl; report.py then shows the
@@ -14,7 +15,7 @@ import sys
 import traceback
 
 SUITE = ["bench_kernels", "bench_attention", "bench_generate", "bench_train", "bench_vs_reference",
-         "bench_vs_autoregressive"]
+         "bench_open_vs_reference", "bench_open_cpu_options", "bench_vs_autoregressive"]
 
 
 def main(argv=None) -> int:

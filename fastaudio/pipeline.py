@@ -62,21 +62,41 @@ class StableAudio:
     the device and dtype, gradients off): pass a copy if you keep training it. ``dtype`` is the
     pipeline's: :meth:`to` changes it; ``generate(dtype=...)`` only confirms it (a different
     value raises rather than silently converting the weights for this and every later call).
+
+    CPU switches (``fastaudio/cpu_fast.py``, docs/benchmarking.md#cpu-fast-paths):
+    ``decoder_dtype`` (default: ``dtype``) runs the VAE decoder in its own precision;
+    ``quantize="int8"`` makes the backbone's linear layers dynamic int8 (fp32 backbone, CPU).
+    ``dtype=None`` on a CPU with native bf16 (AMX / AVX-512 BF16) gives a Stable Audio Open
+    model :data:`fastaudio.cpu_fast.CPU_DEFAULT` (chosen by measurement); fp32 elsewhere.
     """
 
     def __init__(self, model, device: Union[None, str, torch.device] = None,
                  dtype: Union[None, str, torch.dtype] = None, execution: str = "auto",
-                 decode_chunk_frames: Optional[int] = None):
+                 decode_chunk_frames: Optional[int] = None,
+                 decoder_dtype: Union[None, str, torch.dtype] = None,
+                 quantize: Optional[str] = None):
+        from . import cpu_fast
         if execution not in EXECUTIONS:
             raise GenerationError(f"execution must be one of {', '.join(EXECUTIONS)}, got {execution!r}")
         self.device = parse_device(device)
-        self.dtype = parse_dtype(dtype) or default_dtype(self.device)
+        self.dtype = parse_dtype(dtype)
+        defaults = cpu_fast.default_dtypes(model, self.device) if self.dtype is None else None
+        if defaults is not None:
+            self.dtype = defaults[0]
+        self.dtype = self.dtype or default_dtype(self.device)
+        self.decoder_dtype = parse_dtype(decoder_dtype) or (
+            defaults[1] if defaults is not None else self.dtype)
+        try:
+            self.quantize = cpu_fast.check_quantize(quantize, self.device, self.dtype)
+        except cpu_fast.CpuOptionError as e:
+            raise GenerationError(str(e)) from None
         if execution == "auto":
             execution = "graph" if self.device.type == "cuda" else "eager"
         if execution == "graph" and self.device.type != "cuda":
             raise GenerationError("execution='graph' needs a CUDA device (CUDA graphs)")
         self.execution = execution
-        self.decode_chunk_frames = decode_chunk_frames or model.default_decode_chunk_frames(self.device.type)
+        self.decode_chunk_frames = (decode_chunk_frames or cpu_fast.default_chunk_frames(
+            self.device, self.decoder_dtype, execution) or model.default_decode_chunk_frames(self.device.type))
         self.objective = objective(model.objective)
         model.vae.fold_weight_norm()
         self.model = model.eval().requires_grad_(False)
@@ -86,7 +106,10 @@ class StableAudio:
         m = self.model
         m.conditioner.to(self.device)  # text encoders stay fp32: small, and closest to training
         m.backbone.to(self.device, self.dtype)
-        m.vae.to(self.device, self.dtype)
+        if self.quantize:
+            from .cpu_fast import quantize_backbone
+            quantize_backbone(m.backbone)
+        m.vae.to(self.device, self.decoder_dtype)
         self._graphs = GraphCache()
         self._compiled = self._compiled_decoder = None
 
@@ -97,6 +120,10 @@ class StableAudio:
         new_dtype = parse_dtype(dtype) or self.dtype
         if self.execution == "graph" and new_device.type != "cuda":
             raise GenerationError("execution='graph' needs a CUDA device (CUDA graphs)")
+        if self.quantize and (new_device.type != "cpu" or new_dtype != torch.float32):
+            raise GenerationError("a pipeline with quantize='int8' stays on the CPU in fp32")
+        if self.decoder_dtype == self.dtype:  # a decoder that followed the dtype keeps following it
+            self.decoder_dtype = new_dtype
         self.device, self.dtype = new_device, new_dtype
         self._place()
         return self
@@ -104,16 +131,22 @@ class StableAudio:
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str, device=None, dtype=None, execution: str = "auto",
-                        **load_kwargs) -> "StableAudio":
+                        decoder_dtype=None, quantize: Optional[str] = None,
+                        decode_chunk_frames: Optional[int] = None, **load_kwargs) -> "StableAudio":
         """A model folder of any supported layout (see :func:`fastaudio.load_model`)."""
         from .checkpoints import load_model
-        return cls(load_model(path, **load_kwargs), device, dtype, execution)
+        return cls(load_model(path, **load_kwargs), device, dtype, execution,
+                   decode_chunk_frames=decode_chunk_frames, decoder_dtype=decoder_dtype,
+                   quantize=quantize)
 
     @classmethod
     def from_preset(cls, name: str, device=None, dtype=None, execution: str = "auto",
-                    seed: int = 0) -> "StableAudio":
+                    seed: int = 0, decoder_dtype=None, quantize: Optional[str] = None,
+                    decode_chunk_frames: Optional[int] = None) -> "StableAudio":
         """Random weights of a named preset: for benchmarking, not for listening."""
-        return cls(random_weights_model(name, seed=seed), device, dtype, execution)
+        return cls(random_weights_model(name, seed=seed), device, dtype, execution,
+                   decode_chunk_frames=decode_chunk_frames, decoder_dtype=decoder_dtype,
+                   quantize=quantize)
 
     @property
     def config(self):
@@ -236,7 +269,7 @@ class StableAudio:
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Latents (B, C, frames) → audio (B, 2, frames · downsampling) in fp32, in chunks."""
-        audio = self.model.vae.decode(latents.to(self.device, self.dtype),
+        audio = self.model.vae.decode(latents.to(self.device, self.decoder_dtype),
                                       chunk_frames=self.decode_chunk_frames,
                                       decoder=self._decoder_forward())
         return audio.float()
@@ -300,11 +333,14 @@ class StableAudio:
 
     def _decoder_forward(self):
         """The VAE decoder under torch.compile in "compile" mode (chunks have one or two
-        lengths, each compiled once), else None. Not frozen: measured no faster on a CPU."""
+        lengths, each compiled once), else None. Frozen on a CPU only in bf16
+        (:func:`fastaudio.cpu_fast.freeze_decoder`: where freezing was measured faster)."""
         if self.execution != "compile":
             return None
         if self._compiled_decoder is None:
-            self._compiled_decoder = self._compile(self.model.vae.decoder, freeze_on_cpu=False)
+            from .cpu_fast import freeze_decoder
+            self._compiled_decoder = self._compile(
+                self.model.vae.decoder, freeze_on_cpu=freeze_decoder(self.device, self.decoder_dtype))
         return self._compiled_decoder
 
     @staticmethod

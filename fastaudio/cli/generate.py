@@ -26,7 +26,18 @@ def add_generate_parser(sub) -> None:
     g.add_argument("--seconds-start", type=float, default=0.0)
     g.add_argument("--window", type=positive_float("--window"),
                    help="render this many seconds instead of the model's full window")
-    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                   help="backbone (and by default decoder) precision; default: bf16 for Stable "
+                   "Audio Open models on CPUs with AMX / AVX-512 BF16, else fp32 on CPUs, bf16 or "
+                   "fp16 on GPUs (docs/benchmarking.md#cpu-fast-paths)")
+    g.add_argument("--decoder-dtype", choices=["fp32", "bf16", "fp16"],
+                   help="the VAE decoder's precision (default: as --dtype)")
+    g.add_argument("--quantize", choices=["none", "int8"], default=None,
+                   help="int8: the backbone's linear layers as dynamic int8 (CPU, fp32 backbone)")
+    g.add_argument("--decode-chunk", type=positive_int("--decode-chunk"), metavar="FRAMES",
+                   help="latent frames per VAE decoder chunk (default: 256 on CPUs, 1024 on GPUs)")
+    g.add_argument("--threads", type=positive_int("--threads"),
+                   help="CPU threads for torch (default: torch's, one per core)")
     g.add_argument("--device")
     g.add_argument("--execution", choices=["auto", "eager", "graph", "compile"], default="auto")
     g.add_argument("--format", choices=["wav", "flac"], help="default: from the file name")
@@ -43,7 +54,17 @@ def run_generate(args) -> int:
     for path in outputs:  # fail before any work, leaving nothing behind
         format_for(path, fmt)
         check_writable(path, args.overwrite)
-    pipe = load_pipeline(args, args.device, args.dtype, args.execution)
+    from ..cpu_fast import CpuOptionError, configure, set_threads
+    set_threads(args.threads)
+    quantize = None if args.quantize in (None, "none") else args.quantize
+    # int8 takes an fp32 backbone: without --dtype, ask for fp32 rather than the bf16 default
+    dtype = args.dtype or ("fp32" if quantize else None)
+    pipe = load_pipeline(args, args.device, dtype, args.execution)
+    try:
+        configure(pipe, decoder_dtype=args.decoder_dtype, quantize=quantize,
+                  decode_chunk_frames=args.decode_chunk)
+    except CpuOptionError as e:
+        raise CLIError(str(e)) from None
     limit = pipe.config.window_seconds
     if args.seconds > limit:
         raise CLIError(f"--seconds {args.seconds:g} is past this model's limit of {limit:.2f} s")
@@ -57,8 +78,11 @@ def run_generate(args) -> int:
         write_audio(path, out.audio[k], out.sample_rate, fmt=fmt, overwrite=args.overwrite)
     t = out.timings
     seeds = ", ".join(str(s) for s in out.seeds)
+    dec = "" if pipe.decoder_dtype == pipe.dtype else \
+        f", decoder {str(pipe.decoder_dtype).replace('torch.', '')}"
     print(f"wrote {', '.join(outputs)}  ({args.seconds:g} s, seed {seeds}, "
-          f"{pipe.device.type} {str(pipe.dtype).replace('torch.', '')}, {pipe.execution})")
+          f"{pipe.device.type} {str(pipe.dtype).replace('torch.', '')}{dec}"
+          f"{', int8 linears' if pipe.quantize else ''}, {pipe.execution})")
     print("timing: " + "  ".join(f"{k} {v:.2f} s" for k, v in t.items())
           + f"  | real-time factor {args.seconds * args.batch / max(t['total'], 1e-9):.2f}x")
     return 0
