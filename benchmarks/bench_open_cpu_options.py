@@ -118,7 +118,9 @@ def bench(preset: str, options: List[str], repeats: int, seed: int, steps: Optio
                     or v["t5fp16"]:
                 raise SystemExit("the first option is the quality reference: give plain fp32 first")
             ref_out = out
-        decoder_snr = snr_db(pipe.decode(ref_out.latents), ref_out.audio) if ref_out is not out else float("inf")
+        n = ref_out.audio.shape[-1]  # generate trims the window to seconds_total
+        decoder_snr = (snr_db(pipe.decode(ref_out.latents)[..., :n], ref_out.audio)
+                       if ref_out is not out else float("inf"))
         med = {k: statistics.median(t[k] for t in times) for k in times[0]}
         row = {"preset": preset, "option": spec, "execution": pipe.execution,
                "dtype": str(pipe.dtype).replace("torch.", ""),

@@ -88,8 +88,12 @@ def provenance(rs: List[Dict]) -> str:
     r = rs[0]
     quick = " — **quick smoke run**" if any(x.get("quick") for x in rs) else ""
     kind = "" if r.get("device_kind") == "cuda" else " — **CPU figures, not GPU timings**"
+    # one run can span processes and commits (a rerun of one measurement): name them all
+    commits = ", ".join(dict.fromkeys(str(x.get("commit")) for x in rs))
+    dates = sorted(str(x.get("date")) for x in rs)
+    when = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     return (f"*{r.get('device')}; driver {r.get('driver')}; torch {r.get('torch')}; "
-            f"triton {r.get('triton')}; commit {r.get('commit')}; {r.get('date')}{kind}{quick}*\n\n")
+            f"triton {r.get('triton')}; commit {commits}; {when}{kind}{quick}*\n\n")
 
 
 def _ms(ms: float) -> str:

@@ -66,8 +66,9 @@ class StableAudio:
     CPU switches (``fastaudio/cpu_fast.py``, docs/benchmarking.md#cpu-fast-paths):
     ``decoder_dtype`` (default: ``dtype``) runs the VAE decoder in its own precision;
     ``quantize="int8"`` makes the backbone's linear layers dynamic int8 (fp32 backbone, CPU).
-    ``dtype=None`` on a CPU with native bf16 (AMX / AVX-512 BF16) gives a Stable Audio Open
-    model :data:`fastaudio.cpu_fast.CPU_DEFAULT` (chosen by measurement); fp32 elsewhere.
+    ``dtype=None`` on a CPU with native bf16 (AMX / AVX-512 BF16) gives a rectified-flow Stable
+    Audio Open model (SAO Small) :data:`fastaudio.cpu_fast.CPU_DEFAULT` (chosen by measurement);
+    fp32 elsewhere.
     """
 
     def __init__(self, model, device: Union[None, str, torch.device] = None,

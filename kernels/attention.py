@@ -720,7 +720,11 @@ def _mode_id(key_padding_mask, mask_mode) -> int:
     return 0 if key_padding_mask is None else _MASK_MODE_ID[mask_mode]
 
 
-def _fwd_launch(q, k, v, key_padding_mask, mask_mode, softmax_scale):
+def _fwd_launch(q, k, v, key_padding_mask, mask_mode, softmax_scale, config=None,
+                head_split=None):
+    """``config`` (BLOCK_M, BLOCK_N, num_warps, num_stages) forces one launch configuration
+    (no autotuner) and ``head_split`` (BLOCK_DA, BLOCK_DB) the head-dim split: the attention
+    fault probe (benchmarks/attention_fault_probe.py) varies them one at a time."""
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
     o = _new_output(q, v)
@@ -729,16 +733,28 @@ def _fwd_launch(q, k, v, key_padding_mask, mask_mode, softmax_scale):
         return o, lse
     if Lk == 0:  # no key at all: nothing to attend to
         return o.zero_(), lse.fill_(float("inf"))
-    da, db = head_dim_split(D)
+    da, db = head_dim_split(D) if head_split is None else head_split
     keep, smb, smn = _mask_args(key_padding_mask, q)
-    grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
-    _attn_fwd[grid](
-        q, k, v, keep, o, lse, softmax_scale,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(), smb, smn,
-        H, Lq, Lk, _bucket(Lq), _bucket(Lk),
-        HEAD_DIM=D, BLOCK_DA=da, BLOCK_DB=db, MASK_MODE=_mode_id(key_padding_mask, mask_mode),
-        UPCAST=INTERPRET, DOT_PREC=_dot_precision(q.dtype))
+    args = (q, k, v, keep, o, lse, softmax_scale,
+            *q.stride(), *k.stride(), *v.stride(), *o.stride(), smb, smn,
+            H, Lq, Lk, _bucket(Lq), _bucket(Lk))
+    meta = dict(HEAD_DIM=D, BLOCK_DA=da, BLOCK_DB=db,
+                MASK_MODE=_mode_id(key_padding_mask, mask_mode), UPCAST=INTERPRET,
+                DOT_PREC=_dot_precision(q.dtype))
+    if config is None:
+        grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
+        _attn_fwd[grid](*args, **meta)
+    else:
+        bm, bn, warps, stages = config
+        _attn_fwd_kernel[(triton.cdiv(Lq, bm), B * H)](
+            *args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages)
     return o, lse
+
+
+def forward_candidates(major: int):
+    """The forward's autotune candidates for a compute capability major (8: sm80 list, 9+: sm90),
+    as (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
+    return list(_FWD_CANDIDATES["sm90" if major >= 9 else "sm80"])
 
 
 def _dkdv_splits(q, Lq, Lk, BH) -> int:

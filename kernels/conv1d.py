@@ -47,7 +47,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, device_reason, dtype_reason, first_reason
+from ._common import INTERPRET, KernelInputError, device_reason, dtype_reason, first_reason
 
 Padding = Union[int, Sequence[int]]
 
@@ -688,7 +688,7 @@ def conv_transpose1d_unsupported_reason(x, weight, bias=None, stride=1, padding=
 
 def _raise_if(reason: Optional[str], op: str) -> None:
     if reason is not None:
-        raise ValueError(f"{op}: Triton kernel cannot serve this input: {reason}")
+        raise KernelInputError(f"{op}: Triton kernel cannot serve this input: {reason}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,47 +1,64 @@
-"""Snake activations, forward and backward, in Triton.
+"""Snake activations, forward and backward, in Triton: one launch each.
 
     Snake (descript-audio-codec's Snake1d):  y = x + 1/(α + 1e-9) · sin²(α·x)
     SnakeBeta (Oobleck, BigVGAN):            y = x + inv_β · sin²(α·x)
                                              α, inv_β per channel, x (B, C, N)
 
-SnakeBeta's kernels take the frequency α and the divisor inv_β = 1/(β + 1e-9) already in linear
-scale: the log-scale exponentials and the reciprocal act on C values, not B·C·N, so the caller
-computes them with torch (whose autograd then carries dα, dinv_β back to the log-scale
-parameters). Both variants share the kernels below through one constexpr, SEPARATE_INV, so the
-Snake path compiles to exactly the code it had before SnakeBeta was added.
+Both variants share the kernels below through one constexpr, PARAM, which says what the two
+per-channel parameter vectors p1, p2 hold:
 
-Design trade-off: Snake is purely memory-bound (the VAE decoder runs it over ~5 G elements for
-95 s of audio), so each pass reads and writes every element exactly once: the forward reads x
-and writes y; the backward reads x and dy and writes dx while accumulating dα. dα is a sum over
-B and N; instead of atomics (non-deterministic, contended: one α per channel) each program owns
-a fixed CHUNK of one row and writes one fp32 partial sum, and the host sums the (B·C, N/CHUNK)
-partials with torch — deterministic, and the partial buffer is ~1/16 000 of x. The CHUNK is
-fixed so the partial buffer's shape does not depend on which BLOCK the autotuner picks.
+    PARAM 0  Snake          p1 = α                  (inv = 1/(α + 1e-9))
+    PARAM 1  SnakeBeta      p1 = α,     p2 = inv_β  (the divisor given)
+    PARAM 2  SnakeBeta      p1 = α,     p2 = β      (inv = 1/(β + 1e-9))
+    PARAM 3  SnakeBeta      p1 = log α, p2 = log β  (stable-audio-tools' alpha_logscale)
+
+The exponentials and the reciprocal act on C values per program, not on B·C·N elements, and the
+backward's final per-channel reduction applies their chain rule, so a SnakeBeta layer costs one
+launch forward and one backward whatever its parametrisation (no torch ops around the kernel).
+
+Design trade-offs. Snake is purely memory-bound (the VAE decoder runs it over ~5 G elements for
+95 s of audio), so each pass reads and writes every element exactly once.
+* Forward: grid (B·C rows, tiles of a fixed BLOCK); no autotuner (it was keyed on the length, so
+  every new clip length re-ran its tens of timing launches, and its key lookup cost host time on
+  every call). BLOCK 4096 with 4 warps: 32 elements a thread, four 16-byte accesses in flight.
+* Backward: grid (B·C rows, fixed CHUNKs of a row); each program writes dx for its chunk and one
+  fp32 partial of dα (and dinv_β). The partials of one channel are summed by whichever program
+  of that channel finishes last (a per-channel arrival counter, atomically incremented after the
+  partial is stored): it adds them in a fixed order, so dα is deterministic, and no second launch
+  or torch reduction is needed. The last program also resets its counter to 0, so the counters
+  (one persistent int32 buffer per device and stream, zeroed once) are ready for the next launch
+  and for CUDA-graph replays; a kernel killed mid-flight would leave them dirty.
+* Sine: fp32 keeps libdevice's correctly range-reduced sinf/cosf. For bf16/fp16 inputs
+  (FAST_SIN) the argument is reduced by π with a four-part Cody-Waite split (exact products for
+  |α·x| < 2^16·π) and short Taylor polynomials on [−π/2, π/2] give sin and cos to ~6e-8, far below a
+  bf16 ulp; sin² and sin·cos need no quadrant sign, since (−1)^k cancels in both. Its accuracy
+  as compiled for a GPU is checked on a GPU (tests/test_kernel_snake.py, marked gpu).
 
 Numerics: sin² is computed as sin·sin, not 0.5·(1 − cos 2αx): for small α·x the cosine form
 cancels (absolute error ~1e-7 divided by α), while sin·sin keeps full relative precision, as the
-reference does. 1/(α + 1e-9) is kept exactly as in the reference. On GPUs the sine and cosine
-are libdevice's (correctly range-reduced); tl.sin may lower to the approximate SFU instruction,
-whose error grows with |α·x|. The grid is (B·C rows, tiles of a row): offsets are int64, since
-B·C·N passes 2^31 at 95 s (96 channels × 4.2 M samples × batch ≥ 6).
+reference does. 1/(α + 1e-9) is kept exactly as in the reference. Offsets are int64: B·C·N
+passes 2^31 at 95 s (96 channels × 4.2 M samples × batch ≥ 6).
 """
 from __future__ import annotations
 
-import os
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from ._common import INTERPRET, device_reason, dtype_reason, first_reason
+from ._common import INTERPRET, KernelInputError, SUPPORTED_DTYPES, alloc, device_ok
 
 Tensor = torch.Tensor
 
-_MAX_TILES_PER_ROW = 65535          # CUDA's limit on grid axis 1
-_MIN_FWD_BLOCK = 1024               # smallest forward BLOCK among the configs below
-_BWD_CHUNK = 4096 if INTERPRET else 16384  # elements of one row per backward program
+_FWD_BLOCK = 2048 if INTERPRET else 4096   # elements of a row per forward program
+_BWD_CHUNK = 4096 if INTERPRET else 16384  # elements of a row per backward program
+_BWD_BLOCK = 2048                          # the backward's step through its chunk
+_MAX_TILES_PER_ROW = 65535                 # CUDA's limit on grid axis 1
+# Sine implementation per dtype (the SIN constexpr): 0 numpy's (the interpreter's tl.sin),
+# 1 libdevice, 2 the range-reduced polynomial. Module-level so a benchmark can compare them.
+FAST_SIN_LOWP = True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,193 +103,367 @@ def _round_for_bf16(v):
 
 
 @triton.jit
-def _sin_cos(t, PRECISE: tl.constexpr):
-    if PRECISE:
+def _cast_out(v, Ptr, ROUND_BF16: tl.constexpr):
+    """v (fp32) in Ptr's element type, rounded to nearest under the interpreter too."""
+    if ROUND_BF16:
+        if Ptr.dtype.element_ty == tl.bfloat16:
+            v = _round_for_bf16(v)
+    return v.to(Ptr.dtype.element_ty)
+
+
+@triton.jit
+def _reduce_by_pi(t):
+    """r = t − k·π with k = round(t/π), |r| ≤ π/2 (+ an ulp): Cody-Waite with π split in four.
+    The first three parts have 8 significant bits each, so for |k| < 2^16 (|t| < 2e5) every
+    product k·part is exact in fp32 and each subtraction nearly so (Sterbenz); the fourth,
+    ~2e-9, only adds a correction of ~1e-4 at most. A two-part split (a 16-bit second part) left
+    errors of 2e-6 at |t| ~ 2e5 (its k·part rounded)."""
+    k = tl.floor(t * 0.3183098861837907 + 0.5)
+    r = t - k * 3.140625
+    r = r - k * 0.00096893310546875
+    r = r - k * -1.2814998626708984e-06
+    r = r - k * 1.984187258941006e-09
+    return r
+
+
+@triton.jit
+def _sin_poly(r):
+    """sin r for |r| ≤ π/2: Taylor to r^11 (truncation < 6e-8)."""
+    r2 = r * r
+    p = -2.505210838544172e-08
+    p = p * r2 + 2.755731922398589e-06
+    p = p * r2 - 1.984126984126984e-04
+    p = p * r2 + 8.333333333333333e-03
+    p = p * r2 - 1.666666666666667e-01
+    return r + r * r2 * p
+
+
+@triton.jit
+def _cos_poly(r):
+    """cos r for |r| ≤ π/2: Taylor to r^12 (truncation < 7e-9)."""
+    r2 = r * r
+    p = 2.08767569878681e-09
+    p = p * r2 - 2.755731922398589e-07
+    p = p * r2 + 2.48015873015873e-05
+    p = p * r2 - 1.388888888888889e-03
+    p = p * r2 + 4.166666666666666e-02
+    p = p * r2 - 0.5
+    return 1.0 + r2 * p
+
+
+@triton.jit
+def _sin(t, SIN: tl.constexpr):
+    """sin t up to its sign (callers square it) for SIN 0/1; exactly sin t otherwise."""
+    if SIN == 2:
+        return _sin_poly(_reduce_by_pi(t))  # = ±sin t: only sin² is used
+    elif SIN == 1:
+        return libdevice.sin(t)
+    else:
+        return tl.sin(t)
+
+
+@triton.jit
+def _sin_cos(t, SIN: tl.constexpr):
+    """(s, c) with s·s = sin² t and s·c = sin t·cos t (the signs cancel in both products)."""
+    if SIN == 2:
+        r = _reduce_by_pi(t)
+        return _sin_poly(r), _cos_poly(r)
+    elif SIN == 1:
         return libdevice.sin(t), libdevice.cos(t)
     else:
         return tl.sin(t), tl.cos(t)
 
 
-def _configs(blocks, warps):
-    if INTERPRET:  # autotuning needs a GPU; one large block keeps the program count low
-        return [triton.Config({"BLOCK": 2048}, num_warps=4)]
-    return [triton.Config({"BLOCK": b}, num_warps=w) for b in blocks for w in warps]
+@triton.jit
+def _channel_params(P1_ptr, P2_ptr, c, stride_1, stride_2, PARAM: tl.constexpr):
+    """(α, inv, aux) of channel c in linear scale; aux = β' (PARAM 2, 3) or α' (unused else)."""
+    p1 = tl.load(P1_ptr + c * stride_1).to(tl.float32)
+    if PARAM == 0:
+        return p1, tl.math.div_rn(1.0, p1 + 1e-9), p1
+    p2 = tl.load(P2_ptr + c * stride_2).to(tl.float32)
+    if PARAM == 1:
+        return p1, p2, p2
+    elif PARAM == 2:
+        return p1, tl.math.div_rn(1.0, p2 + 1e-9), p2
+    else:
+        beta = tl.exp(p2)
+        return tl.exp(p1), tl.math.div_rn(1.0, beta + 1e-9), beta
 
 
-# sm80 and sm90 alike: a streaming kernel wants 16-byte accesses (8 bf16 / 4 fp32 per thread)
-# and enough bytes in flight per SM; BLOCK 1024…8192 with 4 or 8 warps spans that.
-# Keyed on N's power-of-two bucket, not N: every clip length gives a new N, and re-running the
-# autotuner (tens of launches) for each would stall generation on the first call at that length.
-# Snake and SnakeBeta (SEPARATE_INV) are tuned apart: they are different compiled kernels.
-@triton.autotune(configs=_configs((1024, 2048, 4096, 8192), (4, 8)), key=["N_LOG2", "SEPARATE_INV"])
 @triton.jit
 def _snake_fwd_kernel(
-    X_ptr,      # (B, C, N) contiguous, fp32/fp16/bf16
-    Alpha_ptr,  # (C,) contiguous
-    Inv_ptr,    # (C,) contiguous: SnakeBeta's inv_β (unread when not SEPARATE_INV)
-    Y_ptr,      # (B, C, N) contiguous out, x.dtype
-    C, N,
-    N_LOG2,     # autotune key only: ceil(log2 N)
-    SEPARATE_INV: tl.constexpr, PRECISE_SIN: tl.constexpr, ROUND_BF16: tl.constexpr,
-    BLOCK: tl.constexpr,
+    X_ptr,   # (B, C, N) contiguous, fp32/fp16/bf16
+    P1_ptr,  # (C,) with stride stride_1 (a (1, C, 1) parameter read in place): α or log α
+    P2_ptr,  # (C,) with stride stride_2: inv_β, β or log β (unread when PARAM == 0)
+    Y_ptr,   # (B, C, N) contiguous out, x.dtype
+    stride_1, stride_2, C, N,
+    PARAM: tl.constexpr, SIN: tl.constexpr, ROUND_BF16: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)  # b·C + c
-    col = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # int32: N < 2^31
+    row = tl.program_id(0).to(tl.int64)  # b·C + c; int64: row · N passes 2^31
+    c = row % C
+    col = tl.max_contiguous(tl.multiple_of(tl.program_id(1) * BLOCK + tl.arange(0, BLOCK), BLOCK),
+                            BLOCK)
     mask = col < N
-    a = tl.load(Alpha_ptr + row % C).to(tl.float32)
-    if SEPARATE_INV:
-        inv = tl.load(Inv_ptr + row % C).to(tl.float32)
-    else:
-        inv = tl.math.div_rn(1.0, a + 1e-9)
+    a, inv, _ = _channel_params(P1_ptr, P2_ptr, c, stride_1, stride_2, PARAM)
     offs = row * N + col
     x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if PRECISE_SIN:
-        s = libdevice.sin(a * x)
-    else:
-        s = tl.sin(a * x)
+    s = _sin(a * x, SIN)
     y = x + inv * (s * s)
-    if ROUND_BF16:
-        y = _round_for_bf16(y)
-    tl.store(Y_ptr + offs, y.to(Y_ptr.dtype.element_ty), mask=mask)
+    tl.store(Y_ptr + offs, _cast_out(y, Y_ptr, ROUND_BF16), mask=mask)
 
 
-@triton.autotune(configs=_configs((1024, 2048, 4096), (4, 8)), key=["N_LOG2", "SEPARATE_INV"])
 @triton.jit
 def _snake_bwd_kernel(
-    X_ptr,        # (B, C, N) contiguous
-    Alpha_ptr,    # (C,) contiguous
-    Inv_ptr,      # (C,) contiguous: SnakeBeta's inv_β (unread when not SEPARATE_INV)
-    DY_ptr,       # (B, C, N) contiguous
-    DX_ptr,       # (B, C, N) contiguous out, x.dtype (dummy when not NEED_DX)
-    DAlpha_ptr,   # (B·C, n_chunks) fp32 out: this program's share of dL/dα
-    DInv_ptr,     # (B·C, n_chunks) fp32 out: its share of dL/dinv_β (unwritten when not SEPARATE_INV)
-    C, N, n_chunks,
-    N_LOG2,       # autotune key only: ceil(log2 N)
-    NEED_DX: tl.constexpr, SEPARATE_INV: tl.constexpr, PRECISE_SIN: tl.constexpr,
-    ROUND_BF16: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    X_ptr,      # (B, C, N) contiguous
+    P1_ptr,     # (C,) with stride stride_1: α or log α
+    P2_ptr,     # (C,) with stride stride_2: inv_β, β or log β (unread when PARAM == 0)
+    DY_ptr,     # (B, C, N) contiguous
+    DX_ptr,     # (B, C, N) contiguous out, x.dtype (unwritten when not NEED_DX)
+    Part_ptr,   # (2, B·C·n_chunks) fp32 workspace: partial Σ dy·∂y/∂α, then Σ dy·∂y/∂inv
+    Count_ptr,  # (≥ C,) int32, all 0 on entry and on exit: arrivals per channel
+    DP1_ptr,    # (C,) contiguous out, p1.dtype (unwritten when not NEED_DP1)
+    DP2_ptr,    # (C,) contiguous out, p2.dtype (unwritten when not NEED_DP2)
+    stride_1, stride_2, C, N, n_chunks, per_channel,  # per_channel = B·n_chunks programs
+    PARAM: tl.constexpr, NEED_DX: tl.constexpr, NEED_DP1: tl.constexpr, NEED_DP2: tl.constexpr,
+    SIN: tl.constexpr, ROUND_BF16: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     chunk = tl.program_id(1)
-    a = tl.load(Alpha_ptr + row % C).to(tl.float32)
-    if SEPARATE_INV:
-        inv = tl.load(Inv_ptr + row % C).to(tl.float32)
-    else:
-        inv = tl.math.div_rn(1.0, a + 1e-9)
+    c = row % C
+    a, inv, aux = _channel_params(P1_ptr, P2_ptr, c, stride_1, stride_2, PARAM)
     a_inv = a * inv  # dy/dx = 1 + α·inv · sin(2αx)
     start = chunk * CHUNK
     end = tl.minimum(start + CHUNK, N)
     acc = tl.zeros([BLOCK], tl.float32)
     acc_inv = tl.zeros([BLOCK], tl.float32)
     for lo in range(start, end, BLOCK):
-        col = lo + tl.arange(0, BLOCK)
+        col = tl.max_contiguous(tl.multiple_of(lo + tl.arange(0, BLOCK), BLOCK), BLOCK)
         mask = col < end
         offs = row * N + col
         x = tl.load(X_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY_ptr + offs, mask=mask, other=0.0).to(tl.float32)  # 0 outside: drops out
-        s, c = _sin_cos(a * x, PRECISE_SIN)
-        if SEPARATE_INV:
-            # ∂y/∂α = 2·inv·sin·cos·x;  ∂y/∂inv = sin²
-            acc += dy * inv * s * (2.0 * c * x)
-            acc_inv += dy * (s * s)
+        s, cs = _sin_cos(a * x, SIN)
+        if PARAM == 0:
+            if NEED_DP1:  # ∂y/∂α = −sin²/(α+1e-9)² + 2·sin·cos·x/(α+1e-9)
+                acc += dy * inv * s * (2.0 * cs * x - inv * s)
         else:
-            # ∂y/∂α = −sin²/(α+1e-9)² + 2·sin·cos·x/(α+1e-9)
-            acc += dy * inv * s * (2.0 * c * x - inv * s)
+            if NEED_DP1:  # ∂y/∂α = 2·inv·sin·cos·x
+                acc += dy * inv * s * (2.0 * cs * x)
+            if NEED_DP2:  # ∂y/∂inv = sin²
+                acc_inv += dy * (s * s)
         if NEED_DX:
-            dx = dy * (1.0 + a_inv * (2.0 * s * c))
-            if ROUND_BF16:
-                dx = _round_for_bf16(dx)
-            tl.store(DX_ptr + offs, dx.to(DX_ptr.dtype.element_ty), mask=mask)
-    tl.store(DAlpha_ptr + row * n_chunks + chunk, tl.sum(acc))
-    if SEPARATE_INV:
-        tl.store(DInv_ptr + row * n_chunks + chunk, tl.sum(acc_inv))
+            dx = dy * (1.0 + a_inv * (2.0 * s * cs))
+            tl.store(DX_ptr + offs, _cast_out(dx, DX_ptr, ROUND_BF16), mask=mask)
+    if NEED_DP1 or NEED_DP2:
+        total = C * per_channel  # partials of one kind
+        slot = row * n_chunks + chunk
+        tl.store(Part_ptr + slot, tl.sum(acc))
+        tl.store(Part_ptr + total + slot, tl.sum(acc_inv))
+        # Every thread's store is done before the arrival is counted (release, GPU scope) ...
+        tl.debug_barrier()
+        ticket = tl.atomic_add(Count_ptr + c, 1, sem="acq_rel")
+        if ticket == per_channel - 1:
+            # ... so the last program of channel c sees all its partials (acquire; .cg reads
+            # L2, never a stale L1 line) and adds them in one fixed order: deterministic.
+            acc_a = tl.zeros([BLOCK_P], tl.float32)
+            acc_i = tl.zeros([BLOCK_P], tl.float32)
+            for p0 in range(0, per_channel, BLOCK_P):
+                i = p0 + tl.arange(0, BLOCK_P)
+                ok = i < per_channel
+                b = (i // n_chunks).to(tl.int64)
+                at = (b * C + c) * n_chunks + i % n_chunks
+                acc_a += tl.load(Part_ptr + at, mask=ok, other=0.0, cache_modifier=".cg")
+                acc_i += tl.load(Part_ptr + total + at, mask=ok, other=0.0, cache_modifier=".cg")
+            d_alpha = tl.sum(acc_a)  # dL/dα' (linear frequency)
+            d_inv = tl.sum(acc_i)    # dL/dinv
+            if PARAM == 3:
+                d_alpha = d_alpha * a               # dα'/dlog α = α'
+                d_inv = d_inv * (-(inv * inv) * aux)  # dinv/dlog β = −inv²·β'
+            elif PARAM == 2:
+                d_inv = d_inv * (-(inv * inv))      # dinv/dβ = −inv²
+            if NEED_DP1:
+                tl.store(DP1_ptr + c, _cast_out(d_alpha, DP1_ptr, ROUND_BF16))
+            if NEED_DP2:
+                tl.store(DP2_ptr + c, _cast_out(d_inv, DP2_ptr, ROUND_BF16))
+            tl.store(Count_ptr + c, 0)  # ready for the next launch (and graph replay)
 
 
 # ------------------------------------------------------------------------------------------------
-# Launchers
+# Launchers (they trust their inputs: the unsupported-reason functions have been asked, once, by
+# the dispatcher or by the entry points below)
 # ------------------------------------------------------------------------------------------------
-# Under the interpreter (tests) every buffer a kernel must fill starts as NaN, so a kernel that
-# skips an element fails the test that reads it. On GPUs that would cost a full extra write
-# pass, so it is opt-in there (FASTAUDIO_POISON=1).
-_POISON = INTERPRET or os.environ.get("FASTAUDIO_POISON", "0") == "1"
+PARAM_SNAKE, PARAM_INV_BETA, PARAM_BETA, PARAM_LOG = 0, 1, 2, 3
+_counters: Dict[Tuple[str, int, int], Tensor] = {}
 
 
-def _alloc(shape, dtype, device) -> Tensor:
-    if _POISON:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+def _arrival_counters(device: torch.device, channels: int) -> Tensor:
+    """The zeroed per-channel arrival counters of this device and stream (allocated once; the
+    kernels leave them zeroed)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device.type, device.index or 0, stream)
+    buf = _counters.get(key)
+    if buf is None or buf.numel() < channels:
+        buf = torch.zeros(max(channels, 4096), dtype=torch.int32, device=device)
+        _counters[key] = buf
+    return buf
 
 
-def snake_unsupported_reason(x: Tensor, alpha: Tensor) -> Optional[str]:
-    """Why the Triton Snake cannot serve these inputs, or None when it can."""
-    reason = first_reason(device_reason(x, alpha), dtype_reason(x, alpha))
-    if reason is not None:
-        return reason
-    if x.device != alpha.device:
-        return f"x on {x.device} but alpha on {alpha.device}"
-    if x.dim() != 3:
-        return f"x must be (B, C, N), got {x.dim()} dims {tuple(x.shape)}"
+def _sin_mode(dtype: torch.dtype) -> int:
+    if dtype != torch.float32 and FAST_SIN_LOWP:
+        return 2
+    return 0 if INTERPRET else 1
+
+
+def _channel_stride(p: Tensor) -> int:
+    return p.stride(1) if p.dim() == 3 else p.stride(0)
+
+
+def _forward(x: Tensor, p1: Tensor, p2: Optional[Tensor], param: int) -> Tensor:
+    if not x.is_contiguous():
+        x = x.contiguous()
     B, C, N = x.shape
-    if tuple(alpha.shape) not in ((C,), (1, C, 1)):
-        return f"alpha must be ({C},) or (1, {C}, 1), got {tuple(alpha.shape)}"
-    if x.numel() == 0:
-        return f"empty input {tuple(x.shape)}"
-    if triton.cdiv(N, _MIN_FWD_BLOCK) > _MAX_TILES_PER_ROW:
-        return f"N={N} needs more than {_MAX_TILES_PER_ROW} tiles of {_MIN_FWD_BLOCK} (grid limit)"
-    return None
+    y = alloc((B, C, N), x.dtype, x.device)
+    _snake_fwd_kernel[(B * C, -(-N // _FWD_BLOCK))](  # (no triton.cdiv: ~2 us on the host)
+        x, p1, p1 if p2 is None else p2, y, _channel_stride(p1),
+        0 if p2 is None else _channel_stride(p2), C, N, PARAM=param, SIN=_sin_mode(x.dtype),
+        ROUND_BF16=INTERPRET, BLOCK=_FWD_BLOCK, num_warps=4)
+    return y
 
 
-def _check(x: Tensor, alpha: Tensor, what: str) -> None:
-    reason = snake_unsupported_reason(x, alpha)
-    if reason is not None:
-        raise ValueError(f"{what}: {reason}")
-
-
-def _log2_bucket(n: int) -> int:
-    return max(int(n) - 1, 1).bit_length()
+def _backward(dy: Tensor, x: Tensor, p1: Tensor, p2: Optional[Tensor], param: int,
+              need_dx: bool, need_dp1: bool, need_dp2: bool):
+    """(dx, dp1, dp2), one launch; None where not asked for."""
+    if dy.shape != x.shape:
+        raise KernelInputError(f"snake backward: dy {tuple(dy.shape)} != x {tuple(x.shape)}")
+    need_dp2 = need_dp2 and p2 is not None
+    if not (need_dx or need_dp1 or need_dp2):
+        return None, None, None
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if not dy.is_contiguous():
+        dy = dy.contiguous()
+    B, C, N = x.shape
+    n_chunks = -(-N // _BWD_CHUNK)
+    per_channel = B * n_chunks
+    dev = x.device
+    dx = alloc((B, C, N), x.dtype, dev) if need_dx else None
+    dp1 = alloc(p1.shape, p1.dtype, dev) if need_dp1 else None
+    dp2 = alloc(p2.shape, p2.dtype, dev) if need_dp2 else None
+    if need_dp1 or need_dp2:
+        part = alloc((2, B * C * n_chunks), torch.float32, dev)  # the call's one workspace
+        counters = _arrival_counters(dev, C)
+    else:
+        part = counters = x  # never dereferenced
+    _snake_bwd_kernel[(B * C, n_chunks)](
+        x, p1, p1 if p2 is None else p2, dy, x if dx is None else dx, part, counters,
+        x if dp1 is None else dp1, x if dp2 is None else dp2,
+        _channel_stride(p1), 0 if p2 is None else _channel_stride(p2), C, N, n_chunks,
+        per_channel, PARAM=param, NEED_DX=need_dx, NEED_DP1=need_dp1, NEED_DP2=need_dp2,
+        SIN=_sin_mode(x.dtype), ROUND_BF16=INTERPRET,
+        CHUNK=_BWD_CHUNK, BLOCK=_BWD_BLOCK,
+        BLOCK_P=min(1 << (per_channel - 1).bit_length(), 1024), num_warps=4)
+    return dx, dp1, dp2
 
 
 def snake_forward(x: Tensor, alpha: Tensor) -> Tensor:
-    """Run the forward kernel: y in x.dtype."""
-    _check(x, alpha, "snake")
-    x = x.contiguous()
-    B, C, N = x.shape
-    y = _alloc((B, C, N), x.dtype, x.device)
-    grid = lambda meta: (B * C, triton.cdiv(N, meta["BLOCK"]))  # noqa: E731
-    a = alpha.reshape(C).contiguous()
-    _snake_fwd_kernel[grid](x, a, a, y, C, N, _log2_bucket(N), SEPARATE_INV=False,
-                            PRECISE_SIN=not INTERPRET,
-                            ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16)
-    return y
+    """One launch: y in x.dtype. Inputs already checked."""
+    return _forward(x, alpha, None, PARAM_SNAKE)
 
 
 def snake_backward(dy: Tensor, x: Tensor, alpha: Tensor, need_dx: bool = True,
                    need_dalpha: bool = True) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """(dx in x.dtype, dalpha in alpha's shape and dtype); None where not asked for."""
-    _check(x, alpha, "snake backward")
-    if dy.shape != x.shape:
-        raise ValueError(f"snake backward: dy {tuple(dy.shape)} != x {tuple(x.shape)}")
-    x, dy = x.contiguous(), dy.contiguous()
-    B, C, N = x.shape
-    n_chunks = triton.cdiv(N, _BWD_CHUNK)
-    dx = _alloc((B, C, N), x.dtype, x.device) if need_dx else None
-    partial = _alloc((B * C, n_chunks), torch.float32, x.device)
-    a = alpha.reshape(C).contiguous()
-    _snake_bwd_kernel[(B * C, n_chunks)](
-        x, a, a, dy, x if dx is None else dx, partial, partial, C, N, n_chunks, _log2_bucket(N),
-        NEED_DX=need_dx, SEPARATE_INV=False, PRECISE_SIN=not INTERPRET,
-        ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16, CHUNK=_BWD_CHUNK)
-    dalpha = None
-    if need_dalpha:
-        dalpha = partial.view(B, C, n_chunks).sum((0, 2)).reshape(alpha.shape).to(alpha.dtype)
+    """One launch: (dx in x.dtype, dalpha in alpha's shape and dtype); None where not asked."""
+    dx, dalpha, _ = _backward(dy, x, alpha, None, PARAM_SNAKE, need_dx, need_dalpha, False)
     return dx, dalpha
 
 
+def snake_beta_forward(x: Tensor, alpha: Tensor, p2: Tensor, param: int = PARAM_INV_BETA
+                       ) -> Tensor:
+    """One launch: y in x.dtype; ``param`` says what (alpha, p2) hold (module docstring)."""
+    return _forward(x, alpha, p2, param)
+
+
+def snake_beta_backward(dy: Tensor, x: Tensor, alpha: Tensor, p2: Tensor, need_dx: bool = True,
+                        need_dalpha: bool = True, need_dp2: bool = True,
+                        param: int = PARAM_INV_BETA
+                        ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """One launch: (dx in x.dtype, dalpha and dp2 in their inputs' shapes and dtypes, gradients
+    of the parameters as given, log scale included); None where not asked for."""
+    return _backward(dy, x, alpha, p2, param, need_dx, need_dalpha, need_dp2)
+
+
 # ------------------------------------------------------------------------------------------------
-# torch.library ops (opaque to torch.compile, with shape-only fake implementations)
+# Input checks (once per call: the dispatcher asks them, or the entry points below)
+# ------------------------------------------------------------------------------------------------
+def _param_reason(name: str, p: Tensor, x: Tensor, C: int) -> Optional[str]:
+    if p.device != x.device:
+        if not device_ok(p.device):
+            return (f"tensor on {p.device.type}: Triton kernels need CUDA tensors "
+                    "(or TRITON_INTERPRET=1 for CPU tensors)")
+        return f"x on {x.device} but {name} on {p.device}"
+    if p.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {p.dtype} is not supported (fp32, fp16, bf16 only)"
+    if p.shape != (C,) and p.shape != (1, C, 1):
+        return f"{name} must be ({C},) or (1, {C}, 1), got {tuple(p.shape)}"
+    return None
+
+
+def snake_unsupported_reason(x: Tensor, alpha: Tensor) -> Optional[str]:
+    """Why the Triton Snake cannot serve these inputs, or None when it can (a few attribute
+    reads in the common case: it runs on every eager call)."""
+    if not device_ok(x.device):
+        return (f"tensor on {x.device.type}: Triton kernels need CUDA tensors "
+                "(or TRITON_INTERPRET=1 for CPU tensors)")
+    if x.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {x.dtype} is not supported (fp32, fp16, bf16 only)"
+    if x.dim() != 3:
+        return f"x must be (B, C, N), got {x.dim()} dims {tuple(x.shape)}"
+    B, C, N = x.shape
+    reason = _param_reason("alpha", alpha, x, C)
+    if reason is not None:
+        return reason
+    if B * C * N == 0:
+        return f"empty input {tuple(x.shape)}"
+    if N > _MAX_TILES_PER_ROW * _FWD_BLOCK:
+        return f"N={N} needs more than {_MAX_TILES_PER_ROW} tiles of {_FWD_BLOCK} (grid limit)"
+    return None
+
+
+def snake_beta_unsupported_reason(x: Tensor, alpha: Tensor, p2: Tensor,
+                                  name: str = "inv_beta") -> Optional[str]:
+    """Why the Triton SnakeBeta cannot serve these inputs, or None when it can."""
+    reason = snake_unsupported_reason(x, alpha)
+    if reason is None:
+        reason = _param_reason(name, p2, x, x.shape[1])
+    return reason
+
+
+# ------------------------------------------------------------------------------------------------
+# autograd.Function (eager training: the launchers, no custom-op dispatch)
+# ------------------------------------------------------------------------------------------------
+class SnakeFunction(torch.autograd.Function):
+    """Snake (p2 None) and every SnakeBeta parametrisation."""
+
+    @staticmethod
+    def forward(ctx, x, p1, p2, param):
+        ctx.save_for_backward(x, p1, p2)
+        ctx.param = param
+        return _forward(x, p1, p2, param)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, p1, p2 = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        return (*_backward(dy, x, p1, p2, ctx.param, need[0], need[1], need[2]), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.library ops (what torch.compile sees: opaque, with shape-only fake implementations)
 # ------------------------------------------------------------------------------------------------
 @torch.library.custom_op("fastaudio::snake_fwd", mutates_args=())
 def _snake_fwd_op(x: Tensor, alpha: Tensor) -> Tensor:
-    return snake_forward(x, alpha)
+    return _forward(x, alpha, None, PARAM_SNAKE)
 
 
 @_snake_fwd_op.register_fake
@@ -284,7 +475,7 @@ def _(x, alpha):
 @torch.library.custom_op("fastaudio::snake_bwd", mutates_args=())
 def _snake_bwd_op(dy: Tensor, x: Tensor, alpha: Tensor, need_dx: bool,
                   need_dalpha: bool) -> Tuple[Tensor, Tensor]:
-    dx, dalpha = snake_backward(dy, x, alpha, need_dx, need_dalpha)
+    dx, dalpha, _ = _backward(dy, x, alpha, None, PARAM_SNAKE, need_dx, need_dalpha, False)
     return (x.new_empty(0) if dx is None else dx,
             alpha.new_empty(0) if dalpha is None else dalpha)
 
@@ -295,140 +486,100 @@ def _(dy, x, alpha, need_dx, need_dalpha):
             alpha.new_empty(alpha.shape if need_dalpha else (0,)))
 
 
-class SnakeFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha):
-        ctx.save_for_backward(x, alpha)
-        return torch.ops.fastaudio.snake_fwd(x, alpha)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, alpha = ctx.saved_tensors
-        need_dx, need_dalpha = ctx.needs_input_grad[:2]
-        dx, dalpha = torch.ops.fastaudio.snake_bwd(dy, x, alpha, need_dx, need_dalpha)
-        return (dx if need_dx else None), (dalpha if need_dalpha else None)
+def _snake_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3])
+    ctx.param = inputs[3] if len(inputs) > 3 else PARAM_SNAKE
 
 
-def snake(x: Tensor, alpha: Tensor) -> Tensor:
-    """Differentiable Snake (Triton); same contract as :func:`snake_ref`.
-
-    Raises ValueError when the kernel cannot serve the input (see
-    :func:`snake_unsupported_reason`); choosing a fallback is the dispatcher's job.
-    """
-    _check(x, alpha, "snake")
-    return SnakeFunction.apply(x, alpha)
+def _snake_op_backward(ctx, dy):
+    x, alpha = ctx.saved_tensors
+    need_dx, need_dalpha = ctx.needs_input_grad[:2]
+    dx, dalpha = torch.ops.fastaudio.snake_bwd(dy, x, alpha, need_dx, need_dalpha)
+    return (dx if need_dx else None), (dalpha if need_dalpha else None)
 
 
-# ------------------------------------------------------------------------------------------------
-# SnakeBeta: y = x + inv_β · sin²(α·x), α and inv_β given in linear scale
-# ------------------------------------------------------------------------------------------------
-def snake_beta_unsupported_reason(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Optional[str]:
-    """Why the Triton SnakeBeta cannot serve these inputs, or None when it can."""
-    reason = snake_unsupported_reason(x, alpha)
-    if reason is not None:
-        return reason
-    reason = first_reason(device_reason(inv_beta), dtype_reason(inv_beta))
-    if reason is not None:
-        return reason
-    if inv_beta.device != x.device:
-        return f"x on {x.device} but inv_beta on {inv_beta.device}"
-    C = x.shape[1]
-    if tuple(inv_beta.shape) not in ((C,), (1, C, 1)):
-        return f"inv_beta must be ({C},) or (1, {C}, 1), got {tuple(inv_beta.shape)}"
-    return None
-
-
-def _check_beta(x: Tensor, alpha: Tensor, inv_beta: Tensor, what: str) -> None:
-    reason = snake_beta_unsupported_reason(x, alpha, inv_beta)
-    if reason is not None:
-        raise ValueError(f"{what}: {reason}")
-
-
-def snake_beta_forward(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
-    """Run the forward kernel with a separate divisor: y in x.dtype."""
-    _check_beta(x, alpha, inv_beta, "snake_beta")
-    x = x.contiguous()
-    B, C, N = x.shape
-    y = _alloc((B, C, N), x.dtype, x.device)
-    grid = lambda meta: (B * C, triton.cdiv(N, meta["BLOCK"]))  # noqa: E731
-    _snake_fwd_kernel[grid](x, alpha.reshape(C).contiguous(), inv_beta.reshape(C).contiguous(), y,
-                            C, N, _log2_bucket(N), SEPARATE_INV=True, PRECISE_SIN=not INTERPRET,
-                            ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16)
-    return y
-
-
-def snake_beta_backward(dy: Tensor, x: Tensor, alpha: Tensor, inv_beta: Tensor,
-                        need_dx: bool = True, need_dalpha: bool = True, need_dinv: bool = True
-                        ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """(dx in x.dtype, dalpha and dinv_beta in their inputs' shapes and dtypes), one launch;
-    None where not asked for."""
-    _check_beta(x, alpha, inv_beta, "snake_beta backward")
-    if dy.shape != x.shape:
-        raise ValueError(f"snake_beta backward: dy {tuple(dy.shape)} != x {tuple(x.shape)}")
-    x, dy = x.contiguous(), dy.contiguous()
-    B, C, N = x.shape
-    n_chunks = triton.cdiv(N, _BWD_CHUNK)
-    dx = _alloc((B, C, N), x.dtype, x.device) if need_dx else None
-    partial_alpha = _alloc((B * C, n_chunks), torch.float32, x.device)
-    partial_inv = _alloc((B * C, n_chunks), torch.float32, x.device)
-    _snake_bwd_kernel[(B * C, n_chunks)](
-        x, alpha.reshape(C).contiguous(), inv_beta.reshape(C).contiguous(), dy,
-        x if dx is None else dx, partial_alpha, partial_inv, C, N, n_chunks, _log2_bucket(N),
-        NEED_DX=need_dx, SEPARATE_INV=True, PRECISE_SIN=not INTERPRET,
-        ROUND_BF16=INTERPRET and x.dtype == torch.bfloat16, CHUNK=_BWD_CHUNK)
-
-    def reduce(partial: Tensor, like: Tensor) -> Tensor:
-        return partial.view(B, C, n_chunks).sum((0, 2)).reshape(like.shape).to(like.dtype)
-
-    return (dx, reduce(partial_alpha, alpha) if need_dalpha else None,
-            reduce(partial_inv, inv_beta) if need_dinv else None)
+torch.library.register_autograd("fastaudio::snake_fwd", _snake_op_backward,
+                                setup_context=_snake_setup)
 
 
 @torch.library.custom_op("fastaudio::snake_beta_fwd", mutates_args=())
-def _snake_beta_fwd_op(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
-    return snake_beta_forward(x, alpha, inv_beta)
+def _snake_beta_fwd_op(x: Tensor, alpha: Tensor, p2: Tensor, param: int) -> Tensor:
+    return _forward(x, alpha, p2, param)
 
 
 @_snake_beta_fwd_op.register_fake
-def _(x, alpha, inv_beta):
+def _(x, alpha, p2, param):
     return x.new_empty(x.shape)
 
 
 @torch.library.custom_op("fastaudio::snake_beta_bwd", mutates_args=())
-def _snake_beta_bwd_op(dy: Tensor, x: Tensor, alpha: Tensor, inv_beta: Tensor, need_dx: bool,
-                       need_dalpha: bool, need_dinv: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    dx, dalpha, dinv = snake_beta_backward(dy, x, alpha, inv_beta, need_dx, need_dalpha, need_dinv)
+def _snake_beta_bwd_op(dy: Tensor, x: Tensor, alpha: Tensor, p2: Tensor, param: int,
+                       need_dx: bool, need_dalpha: bool,
+                       need_dp2: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    dx, dalpha, dp2 = _backward(dy, x, alpha, p2, param, need_dx, need_dalpha, need_dp2)
     return (x.new_empty(0) if dx is None else dx,
             alpha.new_empty(0) if dalpha is None else dalpha,
-            inv_beta.new_empty(0) if dinv is None else dinv)
+            p2.new_empty(0) if dp2 is None else dp2)
 
 
 @_snake_beta_bwd_op.register_fake
-def _(dy, x, alpha, inv_beta, need_dx, need_dalpha, need_dinv):
+def _(dy, x, alpha, p2, param, need_dx, need_dalpha, need_dp2):
     return (x.new_empty(x.shape if need_dx else (0,)),
             alpha.new_empty(alpha.shape if need_dalpha else (0,)),
-            inv_beta.new_empty(inv_beta.shape if need_dinv else (0,)))
+            p2.new_empty(p2.shape if need_dp2 else (0,)))
 
 
-class SnakeBetaFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha, inv_beta):
-        ctx.save_for_backward(x, alpha, inv_beta)
-        return torch.ops.fastaudio.snake_beta_fwd(x, alpha, inv_beta)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, alpha, inv_beta = ctx.saved_tensors
-        need = ctx.needs_input_grad[:3]
-        grads = torch.ops.fastaudio.snake_beta_bwd(dy, x, alpha, inv_beta, *need)
-        return tuple(g if n else None for g, n in zip(grads, need))
+def _snake_beta_op_backward(ctx, dy):
+    x, alpha, p2 = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    grads = torch.ops.fastaudio.snake_beta_bwd(dy, x, alpha, p2, ctx.param, *need)
+    return (*[g if n else None for g, n in zip(grads, need)], None)
 
 
-def snake_beta(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
-    """Differentiable SnakeBeta (Triton); same contract as :func:`snake_beta_ref`.
+torch.library.register_autograd("fastaudio::snake_beta_fwd", _snake_beta_op_backward,
+                                setup_context=_snake_setup)
 
-    Raises ValueError when the kernel cannot serve the input (see
-    :func:`snake_beta_unsupported_reason`); choosing a fallback is the dispatcher's job.
+
+# ------------------------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------------------------
+def snake(x: Tensor, alpha: Tensor, *, checked: bool = False) -> Tensor:
+    """Differentiable Snake (Triton); same contract as :func:`snake_ref`.
+
+    The launcher alone in eager inference, the ``autograd.Function`` when a gradient is needed,
+    the custom op under torch.compile. ``checked=True``: the dispatcher has already asked
+    :func:`snake_unsupported_reason`; otherwise it is asked here and an input the kernel cannot
+    serve raises KernelInputError.
     """
-    _check_beta(x, alpha, inv_beta, "snake_beta")
-    return SnakeBetaFunction.apply(x, alpha, inv_beta)
+    if not checked:
+        reason = snake_unsupported_reason(x, alpha)
+        if reason is not None:
+            raise KernelInputError(f"snake: {reason}")
+    if torch.compiler.is_compiling():
+        return torch.ops.fastaudio.snake_fwd(x, alpha)
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+        return SnakeFunction.apply(x, alpha, None, PARAM_SNAKE)
+    return _forward(x, alpha, None, PARAM_SNAKE)
+
+
+_PARAM_NAMES = {PARAM_INV_BETA: "inv_beta", PARAM_BETA: "beta", PARAM_LOG: "beta"}
+
+
+def snake_beta(x: Tensor, alpha: Tensor, p2: Tensor, *, param: int = PARAM_INV_BETA,
+               checked: bool = False) -> Tensor:
+    """Differentiable SnakeBeta (Triton). With the default ``param`` (PARAM_INV_BETA) the same
+    contract as :func:`snake_beta_ref` (alpha and the divisor inv_beta in linear scale);
+    PARAM_BETA takes β (inv = 1/(β + 1e-9)), PARAM_LOG takes log α and log β (stable-audio-tools'
+    ``alpha_logscale``), each differentiable in the parameters as given. Paths and ``checked`` as
+    in :func:`snake`."""
+    if not checked:
+        reason = snake_beta_unsupported_reason(x, alpha, p2, _PARAM_NAMES.get(param, "p2"))
+        if reason is None and param not in _PARAM_NAMES:
+            reason = f"param={param!r} is not one of {sorted(_PARAM_NAMES)}"
+        if reason is not None:
+            raise KernelInputError(f"snake_beta: {reason}")
+    if torch.compiler.is_compiling():
+        return torch.ops.fastaudio.snake_beta_fwd(x, alpha, p2, param)
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad or p2.requires_grad):
+        return SnakeFunction.apply(x, alpha, p2, param)
+    return _forward(x, alpha, p2, param)

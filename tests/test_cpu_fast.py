@@ -18,12 +18,12 @@ def t5_dirs(tmp_path_factory):
     return make_tiny_t5(tmp_path_factory.mktemp("t5"))
 
 
-def tiny_open_model(t5_dirs, seed=0):
+def tiny_open_model(t5_dirs, seed=0, kind="rf"):
     from test_open_pipeline import tiny_source
 
     from fastaudio.models.open_audio import build_open_model
     from fastaudio.open_config import open_config_from_reference
-    cfg = open_config_from_reference(tiny_source("rf"), "tiny-rf")
+    cfg = open_config_from_reference(tiny_source(kind), f"tiny-{kind}")
     model = build_open_model(cfg, text_encoder_dir=t5_dirs[0], tokenizer_dir=t5_dirs[1], seed=seed)
     with torch.no_grad():  # off the init: zero-initialised output projections would hide the DiT
         g = torch.Generator().manual_seed(seed + 1)
@@ -43,6 +43,8 @@ def test_default_dtype_follows_the_cpu(t5_dirs, monkeypatch):
     # an explicit dtype always wins; other model families keep fp32
     assert StableAudio(tiny_open_model(t5_dirs), device="cpu", dtype="fp32").decoder_dtype == torch.float32
     assert StableAudio(build_model("tiny"), device="cpu").dtype == torch.float32
+    # SAO 1.0's family (v objective, guided) measured under the quality bar in bf16: fp32
+    assert StableAudio(tiny_open_model(t5_dirs, kind="v"), device="cpu").dtype == torch.float32
     monkeypatch.setenv("FASTAUDIO_CPU_BF16", "0")
     pipe = StableAudio(tiny_open_model(t5_dirs), device="cpu")
     assert pipe.dtype == torch.float32 and pipe.decoder_dtype == torch.float32

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fastaudio.kernels import conv1d as C
+from fastaudio.kernels._common import KernelInputError
 
 # (B, C_in, C_out, L, K, stride, padding, dilation)
 CONV_CASES = {
@@ -284,7 +285,7 @@ def test_conv1d_unsupported_reasons(case, device):
     args = {**_ok_args(device), **change(device)}
     reason = C.conv1d_unsupported_reason(**args)
     assert reason is not None and expected in reason, reason
-    with pytest.raises(ValueError, match="cannot serve") as info:
+    with pytest.raises(KernelInputError, match="cannot serve") as info:
         C.conv1d(**args)
     assert expected in str(info.value)
 
@@ -293,7 +294,7 @@ def test_reason_none_and_launcher_raises(device):
     args = _ok_args(device)
     assert C.conv1d_unsupported_reason(**args) is None
     w_bad = torch.randn(6, 5, 3, device=device)
-    with pytest.raises(ValueError, match="channel mismatch"):
+    with pytest.raises(KernelInputError, match="channel mismatch"):
         torch.ops.fastaudio.conv1d_fwd(args["x"], w_bad, None, None, 1, 1, 1, 1)
     x = torch.randn(2, 4, 8, device=device)
     assert C.conv_transpose1d_unsupported_reason(x, torch.randn(4, 3, 4, device=device),
@@ -302,7 +303,7 @@ def test_reason_none_and_launcher_raises(device):
         x, torch.randn(5, 3, 4, device=device), None, 2)
     assert "output_padding" in C.conv_transpose1d_unsupported_reason(
         x, torch.randn(4, 3, 4, device=device), None, 2, 0, 2)
-    with pytest.raises(ValueError, match="cannot serve"):
+    with pytest.raises(KernelInputError, match="cannot serve"):
         C.conv_transpose1d(x, torch.randn(4, 3, 4, device=device), None, 2, 0, 2)
 
 

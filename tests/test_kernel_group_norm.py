@@ -6,6 +6,9 @@ where torch_lowp is the reference run by PyTorch in the test dtype (fp32 ops for
 bf16 ops for bf16 inputs) and atol = ATOL_REL[dtype] · max(1, max|ref64|). Under the interpreter
 the launchers fill every output with NaN first, and every compared tensor must be finite, so a
 kernel that skips elements fails.
+
+Also here: the launch census (forward ≤ 2 launches, backward ≤ 3 with no torch op between them,
+one workspace allocation, no copies of strided FiLM inputs) and the path each kind of call takes.
 """
 import itertools
 
@@ -13,7 +16,9 @@ import pytest
 import torch
 
 from conftest import DEVICE
+from fastaudio.kernels import _common
 from fastaudio.kernels import group_norm as gn
+from fastaudio.kernels._common import KernelInputError
 from fastaudio.kernels.group_norm import (group_norm, group_norm_ref,
                                           group_norm_unsupported_reason)
 
@@ -101,9 +106,20 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("shape,num_groups", SHAPES, ids=[str(s[0]) for s in SHAPES])
-@pytest.mark.parametrize("full", [True, False], ids=["affine_film_silu", "plain"])
+def _shape_cases():
+    """Every shape in both dtypes with everything fused; the plain variant (no affine, FiLM,
+    SiLU) on the two small shapes. The larger shapes' remaining combinations (covered by the
+    scaled-down real shapes and the exhaustive sweeps) run with the slow tests."""
+    for shape, g in SHAPES:
+        big = shape[2] >= 512
+        for full, fname in ((True, "affine_film_silu"), (False, "plain")):
+            for dtype, dname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+                slow = big and (not full or (dname == "fp32" and shape[1] == 128))
+                yield pytest.param(shape, g, dtype, full, id=f"{fname}-{shape}-{dname}",
+                                   marks=pytest.mark.slow if slow else ())
+
+
+@pytest.mark.parametrize("shape,num_groups,dtype,full", list(_shape_cases()))
 def test_shapes(shape, num_groups, dtype, full):
     check(shape, num_groups, dtype, "wb" if full else "none", full, full, full)
 
@@ -112,20 +128,57 @@ def test_fp16():
     check((2, 15, 601), 5, torch.float16, "wb", True, True, True)
 
 
-def test_split_reduction_many_tiles(monkeypatch):
-    """Force small tiles so each (batch, group) pair spans several channel and L tiles and the
-    merge kernel folds its tiles in several steps."""
-    monkeypatch.setattr(gn, "_tile_sizes", lambda B, C, Cg, L: (2, 128, 4))
-    monkeypatch.setattr(gn, "_MAX_MERGE_BLOCK", 4)
-    # Cg = 5: 3 channel tiles (the last half empty); L = 601: 5 L tiles; 15 tiles per pair.
-    check((2, 15, 601), 3, torch.float32, "wb", True, True, True)
+def force_plan(monkeypatch, R, block_r, block_l, merge_block=None):
+    """Replace the host's slab plan: R rows per slab, (block_r, block_l) register tiles."""
+    def plan(x, G):
+        Cg = x.shape[1] // G
+        n_slabs = -(-Cg // R)
+        cap = merge_block or 1024
+        return (R, n_slabs, block_r, block_l, 4, min(gn._pow2(n_slabs), cap),
+                min(gn._pow2(Cg), cap))
+    monkeypatch.setattr(gn, "_plan", plan)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.bfloat16,
+                                                                 marks=pytest.mark.slow)],
+                         ids=["fp32", "bf16"])
+def test_split_reduction_many_slabs(monkeypatch, dtype):
+    """Force small slabs and tiles: each (batch, group) pair spans several slabs (the last one
+    short), each slab several row blocks (the last one partly masked) and L blocks, and the
+    apply and dx programs fold the pair's partials and row sums in several steps."""
+    # Cg = 7: slabs of 3 rows (3 + 3 + 1), row blocks of 2, L = 300 in 3 blocks of 128.
+    force_plan(monkeypatch, R=3, block_r=2, block_l=128, merge_block=2)
+    check((2, 14, 300), 2, dtype, "wb", True, True, True)
+
+
+@pytest.mark.slow
+def test_one_row_slabs(monkeypatch):
+    """R = 1 (the GPU plan at short L): one program per row."""
+    force_plan(monkeypatch, R=1, block_r=1, block_l=64)
+    check((2, 8, 200), 2, torch.float32, "w", True, False, True)
+
+
+# SA1.0's GroupNorms scaled down (channels and length / 16, groups kept): the ResNet blocks'
+# GN(16) + FiLM + SiLU at 1024 and 1280 channels, and the transformer's GN(32, eps 1e-6)
+REAL_SHAPES = [((2, 64, 256), 16, True), ((2, 80, 64), 16, True), ((2, 64, 16), 32, False)]
+REAL_CASES = [pytest.param(shape, g, film, dtype, id=f"{shape}-{name}",
+                           # one case in the fast subset, the rest with the slow ones
+                           marks=() if (i, name) == (0, "bf16") else pytest.mark.slow)
+              for i, (shape, g, film) in enumerate(REAL_SHAPES)
+              for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16"))]
+
+
+@pytest.mark.parametrize("shape,num_groups,film,dtype", REAL_CASES)
+def test_real_shapes_scaled_down(shape, num_groups, film, dtype):
+    check(shape, num_groups, dtype, "wb", film, film, film)
 
 
 def test_large_mean_statistics():
     """|mean| ≫ std: E[x²] − E[x]² would lose every digit of the variance in fp32."""
     inputs, dy = make_inputs((2, 16, 700), torch.float32, "wb", False, False, mean=1000.0)
     x = inputs[0]
-    y, mean, rstd = torch.ops.fastaudio.group_norm_fwd(x, None, None, None, None, 4, 1e-5, False)
+    y, stats = torch.ops.fastaudio.group_norm_fwd(x, None, None, None, None, 4, 1e-5, False)
+    mean, rstd = stats
     var64, mean64 = torch.var_mean(x.double().reshape(2, 4, -1), dim=-1, correction=0)
     assert mean.shape == (2, 4) and mean.dtype == torch.float32 and rstd.dtype == torch.float32
     torch.testing.assert_close(mean.double(), mean64, rtol=1e-6, atol=0)
@@ -180,10 +233,8 @@ def test_unsupported_reasons():
         reason = group_norm_unsupported_reason(*args)
         assert reason is not None and expected in reason, (expected, reason)
         x_, G_, w_, b_, s_, sh_ = args
-        with pytest.raises(ValueError, match="group_norm: "):
+        with pytest.raises(KernelInputError, match="group_norm: "):
             group_norm(x_, G_, w_, b_, 1e-5, s_, sh_, False)
-        with pytest.raises(ValueError, match="group_norm: "):
-            gn.group_norm_forward(x_, G_, w_, b_, 1e-5, s_, sh_, False)
 
 
 def test_custom_ops_opcheck():
@@ -191,9 +242,9 @@ def test_custom_ops_opcheck():
     inputs, dy = make_inputs((2, 8, 40), torch.float32, "w", True, True)
     x, w, b, s, sh = inputs
     torch.library.opcheck(torch.ops.fastaudio.group_norm_fwd, (x, w, b, s, sh, 4, 1e-5, True))
-    _, mean, rstd = torch.ops.fastaudio.group_norm_fwd(x, w, b, s, sh, 4, 1e-5, True)
+    _, stats = torch.ops.fastaudio.group_norm_fwd(x, w, b, s, sh, 4, 1e-5, True)
     torch.library.opcheck(torch.ops.fastaudio.group_norm_bwd,
-                          (dy, x, mean, rstd, w, b, s, sh, 4, True, True, True, False, False, True))
+                          (dy, x, stats, w, b, s, sh, 4, True, True, True, False, False, True))
 
 
 def test_torch_compile_fullgraph():
@@ -219,5 +270,116 @@ def test_torch_compile_fullgraph():
 def test_poisoned_allocation():
     """The safety net the tests rely on: outputs start as NaN (the interpreter; conftest sets
     FASTAUDIO_POISON=1 on a GPU)."""
-    assert gn._POISON
-    assert torch.isnan(gn._alloc((3, 5), torch.bfloat16, DEVICE)).all()
+    assert _common.POISON
+    assert torch.isnan(_common.alloc((3, 5), torch.bfloat16, DEVICE)).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# Launch census and host path
+# ------------------------------------------------------------------------------------------------
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+ALLOCATIONS = {"aten.empty.memory_format", "aten.full.default", "aten.empty_strided.default"}
+
+
+class AtenTrace(TorchDispatchMode):
+    """Appends ("aten", name) for every ATen op that reaches the dispatcher."""
+
+    def __init__(self, log):
+        super().__init__()
+        self.log = log
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.log.append(("aten", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+def census(fn, *modules):
+    """Run fn with every kernel launch of ``modules`` and every ATen op logged in call order."""
+    with _common.launch_census(*modules) as log, AtenTrace(log):
+        out = fn()
+    return out, log
+
+
+def launches(log):
+    return [name for kind, name in log if kind == "launch"]
+
+
+def ops_between_launches(log):
+    idx = [i for i, (kind, _) in enumerate(log) if kind == "launch"]
+    return [name for kind, name in log[idx[0]:idx[-1]] if kind == "aten"] if idx else []
+
+
+def film_views(B, C, seed=0):
+    """(scale, shift) as the U-Net makes them: chunks of one (B, 2C) tensor, strided views."""
+    g = torch.Generator().manual_seed(seed)
+    both = (torch.randn(B, 2 * C, generator=g) * 0.5).to(DEVICE)
+    scale, shift = both.chunk(2, dim=1)
+    assert not scale.is_contiguous() and scale.stride() == (2 * C, 1)
+    return scale, shift
+
+
+def test_launch_census_forward_backward():
+    """Forward: 2 launches; backward: 3, with no torch op between them (every buffer is
+    allocated before the first launch), through the autograd.Function."""
+    inputs, dy = make_inputs((2, 16, 96), torch.float32, "wb", False, False)
+    x, w, b = (t.clone().requires_grad_() for t in inputs[:3])
+    scale, shift = (t.requires_grad_() for t in film_views(2, 16))
+    y, log = census(lambda: group_norm(x, 4, w, b, 1e-5, scale, shift, True), gn)
+    assert launches(log) == ["_gn_fwd_stats_kernel", "_gn_fwd_apply_kernel"]
+    assert ops_between_launches(log) == []
+    assert y.grad_fn is not None and "GroupNormFunction" in type(y.grad_fn).__name__
+    _, log = census(lambda: y.backward(dy), gn)
+    assert launches(log) == ["_gn_bwd_sums_kernel", "_gn_bwd_dx_kernel", "_gn_bwd_param_kernel"]
+    assert ops_between_launches(log) == []
+    assert all(t.grad is not None for t in (x, w, b))
+    # only some gradients: fewer launches
+    x2 = inputs[0].clone().requires_grad_()
+    y2 = group_norm(x2, 4, inputs[1], inputs[2], 1e-5, *film_views(2, 16), True)
+    _, log = census(lambda: y2.backward(dy), gn)
+    assert launches(log) == ["_gn_bwd_sums_kernel", "_gn_bwd_dx_kernel"]
+
+
+def test_eager_inference_calls_the_launchers_directly():
+    """No grad needed: no autograd.Function and no custom op; the only ATen ops of the whole
+    dispatched call (nn layer included) are the output and the one workspace allocation; the
+    strided FiLM views are read in place (no copy)."""
+    from fastaudio.nn import dispatch
+    from fastaudio.nn.norm import group_norm as nn_group_norm
+    inputs, _ = make_inputs((2, 16, 64), torch.float32, "wb", False, False)
+    scale, shift = film_views(2, 16)
+    dispatch.set_kernel_mode("triton")
+    with torch.no_grad():
+        y, log = census(lambda: nn_group_norm(inputs[0], 4, inputs[1], inputs[2], 1e-5, scale,
+                                              shift, True), gn)
+    assert y.grad_fn is None
+    assert launches(log) == ["_gn_fwd_stats_kernel", "_gn_fwd_apply_kernel"]
+    aten = [name for kind, name in log if kind == "aten"]
+    assert len(aten) == 2 and set(aten) <= ALLOCATIONS, aten
+    ref = group_norm_ref(inputs[0].double(), 4, inputs[1].double(), inputs[2].double(), 1e-5,
+                         scale.double(), shift.double(), True)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    assert dispatch.path_counts[("group_norm", "triton")] == 1
+
+
+def test_validation_runs_once_per_call(monkeypatch):
+    """The dispatcher asks the kernel's unsupported-reason function once; nothing asks again."""
+    from fastaudio.nn import dispatch
+    from fastaudio.nn.norm import GroupNorm
+    calls = []
+    real = gn.group_norm_unsupported_reason
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gn, "group_norm_unsupported_reason", counting)
+    dispatch.set_kernel_mode("triton")
+    norm = GroupNorm(4, 8).to(DEVICE)
+    x = torch.randn(2, 8, 32, device=DEVICE)
+    with torch.no_grad():
+        norm(x)
+    assert len(calls) == 1
+    norm(x.requires_grad_()).sum().backward()
+    assert len(calls) == 2
+

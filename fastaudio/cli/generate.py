@@ -28,7 +28,7 @@ def add_generate_parser(sub) -> None:
                    help="render this many seconds instead of the model's full window")
     g.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
                    help="backbone (and by default decoder) precision; default: bf16 for Stable "
-                   "Audio Open models on CPUs with AMX / AVX-512 BF16, else fp32 on CPUs, bf16 or "
+                   "Audio Open Small on CPUs with AMX / AVX-512 BF16, else fp32 on CPUs, bf16 or "
                    "fp16 on GPUs (docs/benchmarking.md#cpu-fast-paths)")
     g.add_argument("--decoder-dtype", choices=["fp32", "bf16", "fp16"],
                    help="the VAE decoder's precision (default: as --dtype)")

@@ -15,12 +15,18 @@ from torch import Tensor, nn
 from .dispatch import autocast_dtype, use_triton
 
 
+_kernel = None  # fastaudio.kernels.group_norm once imported (a module lookup per call saved)
+
+
 def _triton_reason(x, num_groups, weight, bias, scale, shift) -> Optional[str]:
-    try:
-        from fastaudio.kernels.group_norm import group_norm_unsupported_reason
-    except ImportError as e:  # triton missing on this platform
-        return f"Triton kernels unavailable ({e})"
-    return group_norm_unsupported_reason(x, num_groups, weight, bias, scale, shift)
+    global _kernel
+    if _kernel is None:
+        try:
+            from fastaudio.kernels import group_norm as module
+        except ImportError as e:  # triton missing on this platform
+            return f"Triton kernels unavailable ({e})"
+        _kernel = module
+    return _kernel.group_norm_unsupported_reason(x, num_groups, weight, bias, scale, shift)
 
 
 def group_norm_torch(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -44,9 +50,9 @@ def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optio
                                       for p in (weight, bias, scale, shift))
     if use_triton("group_norm", x.is_cuda,
                   lambda: _triton_reason(x, num_groups, weight, bias, scale, shift)):
-        from fastaudio.kernels.group_norm import group_norm as group_norm_triton
-        return group_norm_triton(x, num_groups, weight, bias, eps=eps, scale=scale, shift=shift,
-                                 silu=silu)
+        # checked: use_triton asked the kernel's unsupported-reason function just now, once
+        return _kernel.group_norm(x, num_groups, weight, bias, eps, scale, shift, silu,
+                                  checked=True)
     return group_norm_torch(x, num_groups, weight, bias, eps, scale, shift, silu)
 
 

@@ -18,12 +18,24 @@ from torch import Tensor, nn
 from .dispatch import autocast_dtype, use_triton
 
 
+_kernel = None  # fastaudio.kernels.snake once imported (a module lookup per call saved)
+
+
+def _kernels():
+    """The kernel module, or the reason it cannot be imported (triton missing)."""
+    global _kernel
+    if _kernel is None:
+        try:
+            from fastaudio.kernels import snake as module
+        except ImportError as e:
+            return f"Triton kernels unavailable ({e})"
+        _kernel = module
+    return _kernel
+
+
 def _triton_reason(x, alpha) -> Optional[str]:
-    try:
-        from fastaudio.kernels.snake import snake_unsupported_reason
-    except ImportError as e:
-        return f"Triton kernels unavailable ({e})"
-    return snake_unsupported_reason(x, alpha)
+    k = _kernels()
+    return k if isinstance(k, str) else k.snake_unsupported_reason(x, alpha)
 
 
 def snake_torch(x: Tensor, alpha: Tensor) -> Tensor:
@@ -40,8 +52,7 @@ def snake(x: Tensor, alpha: Tensor) -> Tensor:
     if autocast_dtype(x.device.type) is not None:
         alpha = alpha.to(x.dtype)
     if use_triton("snake", x.is_cuda, lambda: _triton_reason(x, alpha)):
-        from fastaudio.kernels.snake import snake as snake_triton
-        return snake_triton(x, alpha)
+        return _kernel.snake(x, alpha, checked=True)  # use_triton checked the input, once
     return snake_torch(x, alpha)
 
 
@@ -62,12 +73,9 @@ class Snake1d(nn.Module):
 _EPS = 1e-9  # stable-audio-tools' no_div_by_zero, added to β' before taking its reciprocal
 
 
-def _beta_triton_reason(x, alpha, inv_beta) -> Optional[str]:
-    try:
-        from fastaudio.kernels.snake import snake_beta_unsupported_reason
-    except ImportError as e:
-        return f"Triton kernels unavailable ({e})"
-    return snake_beta_unsupported_reason(x, alpha, inv_beta)
+def _beta_triton_reason(x, alpha, beta) -> Optional[str]:
+    k = _kernels()
+    return k if isinstance(k, str) else k.snake_beta_unsupported_reason(x, alpha, beta, "beta")
 
 
 def snake_beta_linear_torch(x: Tensor, alpha: Tensor, inv_beta: Tensor) -> Tensor:
@@ -94,11 +102,14 @@ def snake_beta_linear_params(alpha: Tensor, beta: Tensor, log_scale: bool) -> Tu
 
 def snake_beta(x: Tensor, alpha: Tensor, beta: Tensor, log_scale: bool = True) -> Tensor:
     """SnakeBeta on x (B, C, N) with parameters alpha, beta of shape (C,) (or (1, C, 1))."""
+    if use_triton("snake_beta", x.is_cuda, lambda: _beta_triton_reason(x, alpha, beta)):
+        # One launch each way: the kernel takes the parameters as stored (log scale or not),
+        # takes the exponentials and the reciprocal per channel itself and applies their chain
+        # rule in its backward. It computes in fp32 and writes x.dtype: the parameters keep
+        # their precision. use_triton checked the input, once.
+        param = _kernel.PARAM_LOG if log_scale else _kernel.PARAM_BETA
+        return _kernel.snake_beta(x, alpha, beta, param=param, checked=True)
     freq, inv_beta = snake_beta_linear_params(alpha, beta, log_scale)
-    if use_triton("snake_beta", x.is_cuda, lambda: _beta_triton_reason(x, freq, inv_beta)):
-        # the kernel computes in fp32 and writes x.dtype: the parameters keep their precision
-        from fastaudio.kernels.snake import snake_beta as snake_beta_triton
-        return snake_beta_triton(x, freq, inv_beta)
     if autocast_dtype(x.device.type) is not None:  # else fp32 parameters would promote y to fp32
         freq, inv_beta = freq.to(x.dtype), inv_beta.to(x.dtype)
     return snake_beta_linear_torch(x, freq, inv_beta)
