@@ -29,7 +29,7 @@ from .config_files import read_model_config
 from .models.clap import CLAP, load_laion_clap_text
 from .models.stable_audio import StableAudioModel
 from .state_dicts import (CheckpointError, check_state_dict, normalize_weight_norm,  # noqa: F401
-                          read_state_dict, strip_training_wrapper)
+                          read_state_dict, rename_prefixes)
 
 log = logging.getLogger("fastaudio")
 
@@ -55,20 +55,7 @@ SAT_PREFIXES: List[Tuple[str, str]] = [
 
 def sat_to_fastaudio(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Rename a stable-audio-tools diffusion_cond state dict to our layout."""
-    sd = strip_training_wrapper(sd, log)
-    out, unknown = {}, []
-    for key, value in sd.items():
-        for theirs, ours in SAT_PREFIXES:
-            if key.startswith(theirs):
-                out[ours + key[len(theirs):]] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise CheckpointError("unexpected tensors in the stable-audio-tools checkpoint (not part of "
-                              f"Stable Audio 1.0): {', '.join(unknown[:8])}"
-                              + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""))
-    return out
+    return rename_prefixes(sd, SAT_PREFIXES, "Stable Audio 1.0")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .open_config import OpenModelConfig
 from .state_dicts import (CheckpointError, check_state_dict, normalize_weight_norm, read_state_dict,
-                          strip_training_wrapper)
+                          rename_prefixes)
 
 log = logging.getLogger("fastaudio")
 
@@ -30,20 +30,7 @@ OPEN_PREFIXES: List[Tuple[str, str]] = [
 
 def sat_open_to_fastaudio(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Rename a stable-audio-tools DiT-family state dict to our layout; unknown keys are named."""
-    sd = strip_training_wrapper(sd, log)
-    out, unknown = {}, []
-    for key, value in sd.items():
-        for theirs, ours in OPEN_PREFIXES:
-            if key.startswith(theirs):
-                out[ours + key[len(theirs):]] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise CheckpointError("unexpected tensors in the Stable Audio Open checkpoint (not part of "
-                              "its DiT, VAE or conditioners): " + ", ".join(unknown[:8])
-                              + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""))
-    return out
+    return rename_prefixes(sd, OPEN_PREFIXES, "a Stable Audio Open model's DiT, VAE or conditioners")
 
 
 def t5_model_name(cfg: OpenModelConfig) -> Optional[str]:

@@ -82,8 +82,12 @@ class StableAudio:
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         defaults = cpu_fast.default_dtypes(model, self.device) if self.dtype is None else None
-        if defaults is not None:
+        if defaults is not None:  # said once: a precision chosen for the user is not silent
             self.dtype = defaults[0]
+            log.info("dtype not given: %s runs in %s (backbone) / %s (decoder) on this CPU with "
+                     "native bf16 (fastaudio/cpu_fast.py; dtype='fp32' for full precision)",
+                     model.family, str(defaults[0]).replace("torch.", ""),
+                     str(defaults[1]).replace("torch.", ""))
         self.dtype = self.dtype or default_dtype(self.device)
         self.decoder_dtype = parse_dtype(decoder_dtype) or (
             defaults[1] if defaults is not None else self.dtype)

@@ -55,6 +55,28 @@ def strip_training_wrapper(sd: Dict[str, Tensor], log=None) -> Dict[str, Tensor]
     return {k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")}
 
 
+def rename_prefixes(sd: Dict[str, Tensor], prefixes: List[Tuple[str, str]], what: str
+                    ) -> Dict[str, Tensor]:
+    """Our key names for a stable-audio-tools state dict: a training wrapper's ``diffusion.``
+    prefix stripped (EMA ignored), then each (theirs, ours) prefix swapped; a key no prefix
+    matches is an error naming it (``what`` says what the checkpoint should hold)."""
+    import logging
+    sd = strip_training_wrapper(sd, logging.getLogger("fastaudio"))
+    out, unknown = {}, []
+    for key, value in sd.items():
+        for theirs, ours in prefixes:
+            if key.startswith(theirs):
+                out[ours + key[len(theirs):]] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"unexpected tensors in the stable-audio-tools checkpoint (not part of "
+                              f"{what}): " + ", ".join(unknown[:8])
+                              + (f" (+{len(unknown) - 8} more)" if len(unknown) > 8 else ""))
+    return out
+
+
 def _norm_except_dim0(v: Tensor) -> Tensor:
     return v.norm(2, dim=tuple(range(1, v.dim())), keepdim=True)
 
