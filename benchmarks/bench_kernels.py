@@ -5,7 +5,9 @@
 * Snake: the SA1.0 VAE decoder's stages for 95 s of audio (1536 ch × 4096 … 96 ch × 4.19 M);
   SnakeBeta (log-scale parameters): the Oobleck decoder's last stage at SAO 1.0's 47.55 s.
 * conv1d + bias + residual: U-Net k3 convs and VAE k7 dilated convs; eager is cuDNN's conv then
-  the add (``torch.backends.cudnn.benchmark = True``: cuDNN picks its fastest algorithm).
+  the add (``torch.backends.cudnn.benchmark = True``: cuDNN picks its fastest algorithm). Timed in
+  (B, C, L) memory (our gather kernel, kernels/conv1d.py) and in channels-last memory (our
+  channels-last implicit GEMM, kernels/conv1d_cl.py; cuDNN then takes its NHWC path).
 
 Every contender is timed twice over (benchmarks/common.py): ``device_ms``, a CUDA graph of 20-50
 calls replayed and divided (the GPU's work alone), and ``host_us``, the wall time per call of
@@ -209,15 +211,22 @@ def run(device: str, dtype: torch.dtype, quick: bool, compile_ok: bool, emit=Non
                 amount=lambda s, a: {"bytes_moved": 2 * size(a[0])})
     if "conv" in ops:
         ours = None
-        if triton_ok:
-            from fastaudio.kernels.conv1d import conv1d
+        if triton_ok:  # through the nn layer: channels-last inputs take kernels/conv1d_cl.py
+            from fastaudio.nn.conv import conv1d
             ours = lambda x, w, b, res, dil: conv1d(x, w, b, 1, dil * (w.shape[-1] // 2), dil,  # noqa: E731
                                                     residual=res)
-        time_op("conv1d+res", dev_shapes(CONV_SHAPES_GPU, CONV_SHAPES_CPU, CONV_SHAPES_TINY),
-                lambda s: (rnd(s[0], s[1], s[3]), rnd(s[2], s[1], s[4]) * 0.05, rnd(s[2]),
-                           rnd(s[0], s[2], s[3]), s[5]),
-                conv_eager, ours, None, n_grad=0,  # forward only: the conv was not rebuilt
-                amount=lambda s, a: {"flops": 2.0 * s[0] * s[2] * s[1] * s[4] * s[3]})
+        # Twice: (B, C, L) memory (cuDNN's NCHW path, our gather kernel) and channels-last memory
+        # (cuDNN's NHWC path, our channels-last implicit GEMM); forward only (inference).
+        conv_args = lambda s: (rnd(s[0], s[1], s[3]), rnd(s[2], s[1], s[4]) * 0.05,  # noqa: E731
+                               rnd(s[2]), rnd(s[0], s[2], s[3]), s[5])
+        cl = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+        flops = lambda s, a: {"flops": 2.0 * s[0] * s[2] * s[1] * s[4] * s[3]}  # noqa: E731
+        shapes = dev_shapes(CONV_SHAPES_GPU, CONV_SHAPES_CPU, CONV_SHAPES_TINY)
+        time_op("conv1d+res", shapes, conv_args, conv_eager, ours, None, n_grad=0, amount=flops)
+        time_op("conv1d+res channels-last", shapes,
+                lambda s: tuple(cl(a) if torch.is_tensor(a) and a.dim() == 3 and i != 1 else a
+                                for i, a in enumerate(conv_args(s))),
+                conv_eager, ours, None, n_grad=0, amount=flops)
     dispatch.set_kernel_mode(None)
     return rows
 
@@ -328,12 +337,44 @@ def check(device: str, tiny: bool, emit=None) -> bool:
     results.append(_three_way(dla, sums[0], sums_lp[0], torch.float32, "dalpha", f"snake_beta(log) {big}"))
     results.append(_three_way(dlb, sums[1], sums_lp[1], torch.float32, "dbeta", f"snake_beta(log) {big}"))
     del x, y, dx, dy
+    results += _check_convs(device, tiny, rnd)
     if emit is not None:
         for r in results:
             emit(r)
     bad = [r for r in results if not r["ok"]]
     print(f"checks: {len(results) - len(bad)}/{len(results)} ok")
     return not bad
+
+
+def _check_convs(device, tiny, rnd) -> List[dict]:
+    """Both Triton convs (the gather kernel on (B, C, L) memory, the channels-last implicit GEMM)
+    through the nn layer in bf16 at a U-Net and a VAE shape, forward, against the fp64 conv."""
+    from fastaudio.kernels.conv1d import conv1d_ref
+    from fastaudio.kernels.conv1d_cl import to_channels_last
+    from fastaudio.nn import dispatch
+    from fastaudio.nn.conv import conv1d
+    cases = [(1, 8, 8, 64, 3, 1)] if tiny else [(2, 1024, 1024, 4096, 3, 1), (1, 96, 96, 4194304, 7, 9)]
+    results = []
+    dispatch.set_kernel_mode("triton")
+    try:
+        for (B, Ci, Co, L, K, d) in cases:
+            x, r = rnd(B, Ci, L, dtype=torch.bfloat16), rnd(B, Co, L, dtype=torch.bfloat16)
+            w = rnd(Co, Ci, K, std=(Ci * K) ** -0.5, dtype=torch.bfloat16)
+            b = rnd(Co, dtype=torch.bfloat16)
+            pad = d * (K // 2)
+            with torch.no_grad():
+                ref = conv1d_ref(x.double(), w.double(), b.double(), 1, pad, d, r.double())
+                lowp = F.conv1d(x, w, b, 1, pad, d) + r
+                for layout, xi, ri in (("bcl", x, r), ("channels-last", to_channels_last(x),
+                                                       to_channels_last(r))):
+                    out = conv1d(xi, w, b, 1, pad, d, residual=ri)
+                    tag = f"conv1d+res {(B, Ci, Co, L)} k{K} d{d} {layout} bf16"
+                    results.append(_three_way(out, ref, lowp, torch.bfloat16, "y", tag))
+                    del out
+            del x, r, ref, lowp
+    finally:
+        dispatch.set_kernel_mode(None)
+    return results
 
 
 def main(argv=None) -> List[dict]:

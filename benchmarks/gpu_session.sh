@@ -26,7 +26,8 @@
 #                   the GPU-only tests (compiled fast sine, concurrent dα reduction)
 #   kernels   (110) device time (graph of 20-50 calls, replayed) and host time (calls without
 #                   sync) of eager, torch.compile, our new kernels through the nn layers (eager
-#                   and compiled) and the pre-issue-24 kernels; conv vs cuDNN (benchmark mode)
+#                   and compiled) and the pre-issue-24 kernels; conv vs cuDNN (benchmark mode),
+#                   in (B, C, L) memory (gather kernel) and channels-last (implicit GEMM, NHWC)
 #   generate  (120) SA1.0 generation, CUDA graphs, bf16, 100 steps, cfg 7: 10 s and 95.1 s
 #   attention (130) benchmarks/attention_fault_probe.py matrix (record, one factor at a time in
 #                   subprocesses, CUDA_LAUNCH_BLOCKING=1, compute-sanitizer on the first fault,
@@ -136,7 +137,7 @@ run_checks() {
 run_kernels() {
   section kernels
   local args=(--compile-shapes 1 "${OLD[@]}")
-  [ "$DRY" = 1 ] && args=(--tiny --no-compile --ops gn,snake "${OLD[@]}")
+  [ "$DRY" = 1 ] && args=(--tiny --no-compile --ops gn,snake,conv "${OLD[@]}")
   timeout -k 5 "$(budget 110)" python3 benchmarks/bench_kernels.py "${args[@]}" \
     >"$OUT/kernels.log" 2>&1
   echo "kernels: exit $?"; grep -E " ms|FAILED|Error" "$OUT/kernels.log" | tail -60

@@ -1,7 +1,8 @@
 """1-D convolutions: plain, weight-normalised (DAC), and the U-Net's length-preserving padding.
 
 ``conv1d`` and ``conv_transpose1d`` have Triton implicit-GEMM kernels (bias and residual in the
-epilogue) that ``FASTAUDIO_KERNELS=triton`` selects; ``auto`` runs ``F.pad`` + ``F.conv1d`` + add
+epilogue) that ``FASTAUDIO_KERNELS=triton`` selects (a conv1d input that is channels-last in memory
+takes the channels-last kernel, kernels/conv1d_cl.py); ``auto`` runs ``F.pad`` + ``F.conv1d`` + add
 (cuDNN) everywhere (why: docs/benchmarking.md#convolutions). Parameter
 names follow the torch modules they replace (``weight``, ``bias``; ``weight_g``/``weight_v`` for
 weight norm) so reference checkpoints load unchanged. Weight norm is folded away for inference
@@ -29,12 +30,23 @@ def _pair(padding: Padding) -> Tuple[int, int]:
     return int(left), int(right)
 
 
+def _channels_last_kernel(x: Tensor) -> bool:
+    """Whether the Triton path takes the channels-last implicit GEMM (kernels/conv1d_cl.py): for
+    inputs already channels-last in memory, in eager mode (under torch.compile the conv runs as
+    conv1d.py's custom op, whatever the layout)."""
+    return x.dim() == 3 and x.shape[1] > 1 and x.stride(1) == 1 and \
+        not torch.compiler.is_compiling()
+
+
 def _triton_reason(x, weight, bias, stride, padding, dilation, residual) -> Optional[str]:
     try:
-        from fastaudio.kernels.conv1d import conv1d_unsupported_reason
+        if _channels_last_kernel(x):
+            from fastaudio.kernels.conv1d_cl import conv1d_cl_reason as reason
+        else:
+            from fastaudio.kernels.conv1d import conv1d_unsupported_reason as reason
     except ImportError as e:
         return f"Triton kernels unavailable ({e})"
-    return conv1d_unsupported_reason(x, weight, bias, stride, padding, dilation, residual)
+    return reason(x, weight, bias, stride, padding, dilation, residual)
 
 
 # Inductor prepacks a convolution's weights for oneDNN (and fuses the conv with its pointwise
@@ -94,6 +106,10 @@ def conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int
     if use_triton("conv1d", x.is_cuda,
                   lambda: _triton_reason(x, weight, bias, stride, padding, dilation, residual),
                   auto_torch_reason=CONV_AUTO_TORCH):
+        if _channels_last_kernel(x):
+            from fastaudio.kernels.conv1d_cl import conv1d_channels_last
+            return conv1d_channels_last(x, weight, bias, stride, _pair(padding), dilation,
+                                        residual, checked=True)
         from fastaudio.kernels.conv1d import conv1d as conv1d_triton
         return conv1d_triton(x, weight, bias, stride=stride, padding=_pair(padding),
                              dilation=dilation, residual=residual)
