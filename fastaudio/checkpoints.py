@@ -26,6 +26,7 @@ from torch import Tensor
 from .atomic import atomic_path, atomic_write_text
 from .config import ConfigError, ModelConfig, config_to_json
 from .config_files import read_model_config
+from .hub_cache import cache_snapshots, looks_like_repo_id, repo_cache_dir
 from .models.clap import CLAP, load_laion_clap_text
 from .models.stable_audio import StableAudioModel
 from .state_dicts import (CheckpointError, check_state_dict, normalize_weight_norm,  # noqa: F401
@@ -103,6 +104,36 @@ def _resolve(path: str) -> Tuple[str, str]:
     raise CheckpointError(f"model path not found: {path}")
 
 
+def _is_model_folder(folder: str) -> bool:
+    if os.path.isfile(os.path.join(folder, "model_index.json")):
+        return True
+    return os.path.isfile(os.path.join(folder, CONFIG_FILE)) and any(
+        os.path.isfile(os.path.join(folder, name)) for name in (WEIGHTS_FILE, CKPT_FILE))
+
+
+def locate_model(path: str) -> str:
+    """``path`` itself when it exists; a Hugging Face repository id (``owner/name``) that is not
+    a path: its snapshot in the local hub cache (the one ``refs/main`` names first) that holds a
+    loadable model. Nothing is downloaded; the error says where it looked and how to fetch."""
+    path = os.path.expanduser(str(path))
+    if os.path.exists(path) or not looks_like_repo_id(path):
+        return path
+    looked = []
+    for snap in cache_snapshots(path):
+        if _is_model_folder(snap):
+            log.info("model %s from the Hugging Face cache: %s", path, snap)
+            return snap
+        looked.append(f"{snap} (no model_index.json, nor {CONFIG_FILE} with {WEIGHTS_FILE} or "
+                      f"{CKPT_FILE}: an incomplete download?)")
+    if not looked:
+        looked.append(f"{repo_cache_dir(path)} (no snapshot)")
+    raise CheckpointError(
+        f"model path not found: {path}; nor is it in the local Hugging Face cache as a repository "
+        f"id (looked at: {'; '.join(looked)}). fastaudio never downloads: fetch it first "
+        f"(`huggingface-cli download {path}`; Stability AI's repositories are gated: accept the "
+        f"licence on the model page and log in) or pass the model folder.")
+
+
 def _tokenizer_folder(folder: str, tokenizer: Optional[str]) -> Optional[str]:
     if tokenizer is not None:
         return tokenizer
@@ -128,7 +159,11 @@ def load_model(path: str, device: Optional[Union[str, torch.device]] = None,
     RoBERTa's tokenizer files (default: ``tokenizer/`` in the model folder). ``text_encoder``: a
     T5 folder for Stable Audio Open models (default: ``text_encoder/`` beside the checkpoint,
     then the Hugging Face cache; nothing is downloaded).
+
+    ``path`` may also be a Hugging Face repository id (``stabilityai/stable-audio-open-small``)
+    already in the local hub cache (:func:`locate_model`).
     """
+    path = locate_model(path)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model_index.json")):
         from .diffusers_checkpoints import load_diffusers_model
         model = load_diffusers_model(path, text_encoder=text_encoder)

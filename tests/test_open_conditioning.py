@@ -17,8 +17,9 @@ from tiny_t5 import WORDS, make_tiny_t5, patch_reference_loaders, sentence, undo
 from fastaudio.models.number_conditioning import NumberConditioner, NumberConditioningError
 from fastaudio.models.open_conditioning import (ConditioningConfigError, OpenConditioner, assemble,
                                                 conditioner_state)
-from fastaudio.models.t5_text import (T5Conditioner, TextEncoderNotFoundError, hf_hub_cache,
-                                      locate_t5, random_t5_folder)
+from fastaudio.hub_cache import hf_hub_cache
+from fastaudio.models.t5_text import (T5Conditioner, TextEncoderNotFoundError, locate_t5,
+                                      random_t5_folder)
 from fastaudio.models.tokenizer import TokenizerError
 
 # the reference T5Conditioner's `torch.cuda.amp.autocast(...) and ...` warns on every call

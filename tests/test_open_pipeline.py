@@ -253,6 +253,62 @@ def test_bad_folders_are_named(good_folder, tmp_path, monkeypatch, breakage, mat
         StableAudio.from_pretrained(bad, device="cpu", dtype="fp32")
 
 
+def _as_hub_snapshot(folder, cache, repo_id, rev, files=None):
+    """Lay ``folder`` out as huggingface_hub caches a download: files under blobs/, the snapshot
+    made of symlinks to them, refs/main naming the revision. ``files``: only these (relative)."""
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    snap = os.path.join(repo, "snapshots", rev)
+    for root, _, names in os.walk(folder):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), folder)
+            if files is not None and rel not in files:
+                continue
+            blob = os.path.join(repo, "blobs", f"{rev}-{rel.replace(os.sep, '_')}")
+            os.makedirs(os.path.dirname(blob), exist_ok=True)
+            shutil.copyfile(os.path.join(root, name), blob)
+            os.makedirs(os.path.dirname(os.path.join(snap, rel)), exist_ok=True)
+            os.symlink(os.path.relpath(blob, os.path.dirname(os.path.join(snap, rel))),
+                       os.path.join(snap, rel))
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write(rev)
+    return snap
+
+
+def test_hub_repo_id_loads_from_the_local_cache_only(good_folder, tmp_path, monkeypatch, capsys):
+    """``--model owner/name`` finds the snapshot refs/main names in the Hugging Face cache (files
+    are symlinks to blobs there) and generates what the folder generates; an incomplete download
+    and an absent repository are errors that say where they looked and how to fetch."""
+    from fastaudio import StableAudio
+    from fastaudio.cli import main
+    from fastaudio.errors import FastAudioError
+    cache = str(tmp_path / "hub")
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
+    repo_id = "stabilityai/stable-audio-open-1.0"
+    _as_hub_snapshot(good_folder, cache, repo_id, "0ld", files={"model_config.json"})
+    snap = _as_hub_snapshot(good_folder, cache, repo_id, "c0ffee")
+    window = RATIO * FRAMES / 44100
+    z = torch.randn(1, 8, FRAMES)
+    kw = dict(seconds_total=window, steps=2, latents=z)
+    want = StableAudio.from_pretrained(good_folder, device="cpu", dtype="fp32").generate("rain", **kw)
+    got = StableAudio.from_pretrained(repo_id, device="cpu", dtype="fp32").generate("rain", **kw)
+    assert torch.equal(got.audio, want.audio)
+
+    os.remove(os.path.join(cache, "models--stabilityai--stable-audio-open-1.0", "refs", "main"))
+    os.utime(snap, (1, 1))  # without refs/main the newest snapshot is tried first: the incomplete one
+    got = StableAudio.from_pretrained(repo_id, device="cpu", dtype="fp32").generate("rain", **kw)
+    assert torch.equal(got.audio, want.audio)
+    shutil.rmtree(snap)
+    with pytest.raises(FastAudioError, match=r"0ld \(no model_index.json.*incomplete download"):
+        StableAudio.from_pretrained(repo_id)
+    assert main(["generate", "x", "--seconds", "1", "-o", str(tmp_path / "x.wav"), "--model",
+                 "stabilityai/stable-audio-open-small"]) == 2
+    err = capsys.readouterr().err
+    assert "models--stabilityai--stable-audio-open-small (no snapshot)" in err
+    assert "huggingface-cli download stabilityai/stable-audio-open-small" in err
+    assert "Traceback" not in err
+
+
 def test_cli_generates_from_a_sao_folder_and_names_errors(good_folder, tmp_path, capsys):
     from fastaudio.cli import main
     out = str(tmp_path / "x.wav")

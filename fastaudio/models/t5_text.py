@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import FastAudioError
+from ..hub_cache import cache_snapshots, repo_cache_dir
 from ..strict import strict
 from .tokenizer import TokenizerError, _check_prompts
 
@@ -299,18 +300,6 @@ def _tokenizer_problem(folder: str) -> Optional[str]:
     return None
 
 
-def hf_hub_cache() -> str:
-    """The Hugging Face hub cache folder, resolved as huggingface_hub does: ``HF_HUB_CACHE``,
-    then the older ``HUGGINGFACE_HUB_CACHE``, then ``$HF_HOME/hub``, with ``HF_HOME`` defaulting
-    to ``$XDG_CACHE_HOME/huggingface`` or ``~/.cache/huggingface``."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return os.path.expanduser(os.environ[var])
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
-    return os.path.join(os.path.expanduser(home), "hub")
-
-
 def _hub_repo_ids(model_name: str) -> List[str]:
     """``t5-base`` lives on the hub as ``google-t5/t5-base`` today; the cache may hold either."""
     ids = [model_name]
@@ -319,23 +308,6 @@ def _hub_repo_ids(model_name: str) -> List[str]:
     elif model_name.startswith("google-t5/"):
         ids.append(model_name.split("/", 1)[1])
     return ids
-
-
-def _cache_snapshots(repo_dir: str) -> List[str]:
-    """The snapshot ``refs/main`` names first, then any others, newest first."""
-    snap_root = os.path.join(repo_dir, "snapshots")
-    ordered = []
-    try:
-        with open(os.path.join(repo_dir, "refs", "main")) as f:
-            ordered.append(os.path.join(snap_root, f.read().strip()))
-    except OSError:
-        pass
-    if os.path.isdir(snap_root):
-        others = [os.path.join(snap_root, d) for d in os.listdir(snap_root)]
-        others = sorted((d for d in others if os.path.isdir(d) and d not in ordered),
-                        key=os.path.getmtime, reverse=True)
-        ordered += others
-    return ordered
 
 
 def _pair_problem(encoder_dir: str, tokenizer_dir: str) -> Optional[str]:
@@ -390,12 +362,10 @@ def locate_t5(checkpoint_dir: Optional[str], text_encoder: Optional[str] = None,
         if os.path.isdir(enc) or os.path.isdir(tok):
             incomplete_beside = looked[-1]
 
-    cache = hf_hub_cache()
     for repo_id in _hub_repo_ids(model_name):
-        repo_dir = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
-        snapshots = _cache_snapshots(repo_dir)
+        snapshots = cache_snapshots(repo_id)
         if not snapshots:
-            looked.append(f"{repo_dir} (Hugging Face cache: no snapshot)")
+            looked.append(f"{repo_cache_dir(repo_id)} (Hugging Face cache: no snapshot)")
         for snap in snapshots:
             problem = _pair_problem(snap, snap)
             if problem is None:
