@@ -45,20 +45,35 @@ def read_state_dict(path: str) -> Dict[str, Tensor]:
 
 def strip_training_wrapper(sd: Dict[str, Tensor], log=None) -> Dict[str, Tensor]:
     """A stable-audio-tools training wrapper's checkpoint keeps the model under ``diffusion.``
-    and an EMA copy under ``diffusion_ema.``: the online weights, with the prefix removed."""
+    and, when training kept one, an EMA copy of its denoiser (``diffusion.model``) under
+    ``diffusion_ema.ema_model.``. Returned: the model's state dict as the reference's own
+    ``export_model`` writes it - the EMA denoiser in place of the online one when there is an EMA
+    (the weights the reference would ship), the rest of ``diffusion.`` as it is."""
     if not any(k.startswith("diffusion.") for k in sd):
         return sd
-    dropped = sum(k.startswith("diffusion_ema.") for k in sd)
-    if dropped and log is not None:
-        log.info("stable-audio-tools training checkpoint: using the online weights, ignoring "
-                 "%d EMA tensors", dropped)
-    return {k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")}
+    out = {k[len("diffusion."):]: v for k, v in sd.items() if k.startswith("diffusion.")}
+    ema_prefix = "diffusion_ema.ema_model."
+    ema = {"model." + k[len(ema_prefix):]: v for k, v in sd.items() if k.startswith(ema_prefix)}
+    if not ema:
+        return out
+    online = {k for k in out if k.startswith("model.")}
+    if set(ema) != online:
+        differ = sorted(set(ema) ^ online)
+        raise CheckpointError(
+            "the training checkpoint's EMA (diffusion_ema.ema_model.) and online denoiser "
+            "(diffusion.model.) hold different tensors: " + ", ".join(differ[:6])
+            + (f" (+{len(differ) - 6} more)" if len(differ) > 6 else ""))
+    out.update(ema)
+    if log is not None:
+        log.info("stable-audio-tools training checkpoint: using its EMA denoiser weights (%d "
+                 "tensors), as the reference's export_model does", len(ema))
+    return out
 
 
 def rename_prefixes(sd: Dict[str, Tensor], prefixes: List[Tuple[str, str]], what: str
                     ) -> Dict[str, Tensor]:
     """Our key names for a stable-audio-tools state dict: a training wrapper's ``diffusion.``
-    prefix stripped (EMA ignored), then each (theirs, ours) prefix swapped; a key no prefix
+    prefix stripped (its EMA denoiser preferred, as the reference exports), then each (theirs, ours) prefix swapped; a key no prefix
     matches is an error naming it (``what`` says what the checkpoint should hold)."""
     import logging
     sd = strip_training_wrapper(sd, logging.getLogger("fastaudio"))

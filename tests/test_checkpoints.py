@@ -241,3 +241,30 @@ def test_stable_audio_tools_ckpt_file_and_training_layout(sat_checkpoint, tmp_pa
     torch.save({"state_dict": bad}, sub / "model.ckpt")
     with pytest.raises(CheckpointError, match="model.surprise.weight"):
         load_model(str(sub))
+
+
+@pytest.mark.reference
+def test_training_checkpoint_loads_its_ema_denoiser(sat_checkpoint, tmp_path):
+    """A training checkpoint with an EMA (stable-audio-tools' DiffusionCondTrainingWrapper keeps
+    EMA(diffusion.model) under diffusion_ema.ema_model.) loads the EMA denoiser, as the
+    reference's export_model writes it; the rest (conditioner, VAE) comes from diffusion.; an
+    EMA that does not mirror the denoiser is an error naming the tensors."""
+    folder, ref = sat_checkpoint
+    sub = tmp_path / "train"
+    sub.mkdir()
+    (sub / "model_config.json").write_text(open(os.path.join(folder, "model_config.json")).read())
+    online = {"diffusion." + k: (v + 1.0 if k.startswith("model.") and v.is_floating_point() else v)
+              for k, v in ref["sd"].items()}
+    ema = {"diffusion_ema.ema_model." + k[len("model."):]: v for k, v in ref["sd"].items()
+           if k.startswith("model.")}
+    extra = {"diffusion_ema.initted": torch.tensor(True), "diffusion_ema.step": torch.tensor(7)}
+    torch.save({"state_dict": {**online, **ema, **extra}}, sub / "model.ckpt")
+    model = load_model(str(sub))
+    torch.testing.assert_close(model.unet.fixed_embedding.embedding.weight,
+                               ref["unet"].fixed_embedding.embedding.weight)
+    torch.testing.assert_close(model.conditioner.seconds_total.int_embedder.weight, ref["total"].weight)
+    dropped = dict(ema)
+    dropped.pop(sorted(dropped)[0])
+    torch.save({"state_dict": {**online, **dropped}}, sub / "model.ckpt")
+    with pytest.raises(CheckpointError, match="EMA .* hold different tensors"):
+        load_model(str(sub))
