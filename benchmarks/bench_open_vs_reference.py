@@ -29,6 +29,13 @@ process, so each row also gives the growth over the RSS at the call's start. Whe
 not writable, ru_maxrss (never reset) is reported and the row says so. ``--windows`` runs each
 window length in its own subprocess (fresh peaks, and a 1.0 compile's frozen weights freed).
 
+On a GPU (``--device cuda``, the default when CUDA is present) both sides run there, timed
+with a synchronise around each call; rows add the peak CUDA memory of each call
+(``max_memory_allocated`` after a reset). ``graph+bf16`` (or ``auto+bf16``) is fastaudio with
+CUDA graphs; ``--reference-dtype bf16`` puts the reference's DiT and VAE in bf16 (its
+``generate_diffusion_cond`` casts the noise, the conditioning and the latents to their dtypes).
+benchmarks/gpu_session.sh runs it in its ``open`` section when the reference is installed.
+
     python benchmarks/bench_open_vs_reference.py --preset stable-audio-open-small --repeats 5 \\
         --variants eager compile compile+bf16
     python benchmarks/bench_open_vs_reference.py --preset stable-audio-open-1.0 --steps 2 \\
@@ -106,16 +113,22 @@ class PeakRSS:
 
 
 MEM = PeakRSS()
+DEVICE = "cpu"  # set by bench(): where both sides run
 
 
-def timed(fn: Callable[[], object]) -> Tuple[object, float, float, float]:
-    """(result, seconds, peak RSS MB, RSS at the start MB)."""
+def timed(fn: Callable[[], object]) -> Tuple[object, float, float, float, Optional[float]]:
+    """(result, seconds, peak RSS MB, RSS at the start MB, peak CUDA memory MB or None)."""
+    cuda = torch.device(DEVICE).type == "cuda"
+    if cuda:
+        sync(DEVICE)
+        torch.cuda.reset_peak_memory_stats()
     rss0 = MEM.start()
     t0 = time.perf_counter()
     out = fn()
-    sync("cpu")
+    sync(DEVICE)
     dt = time.perf_counter() - t0
-    return out, dt, MEM.peak(), rss0
+    gpu = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if cuda else None
+    return out, dt, MEM.peak(), rss0, gpu
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,15 +202,17 @@ def build_pair(preset: str, seed: int = 0):
 
 def parse_variant(spec: str) -> Dict:
     """``EXEC[+bf16][+dec-fp32|+dec-bf16][+int8][+chunkN]``: e.g. ``compile+bf16``,
-    ``eager+int8``, ``eager+bf16+dec-fp32``, ``compile+bf16+chunk128``, ``default`` (what
-    ``dtype=None`` gives on this machine)."""
+    ``eager+int8``, ``eager+bf16+dec-fp32``, ``compile+bf16+chunk128``, ``graph+bf16`` (CUDA
+    graphs), ``auto+bf16`` (the pipeline's choice: graphs on CUDA, eager on a CPU), ``default``
+    (what ``dtype=None`` gives on this machine)."""
     parts = spec.split("+")
     v = {"name": spec, "execution": parts[0], "dtype": "fp32", "decoder_dtype": None,
          "quantize": None, "chunk": None}
     if parts[0] == "default":
         v.update(execution="eager", dtype=None)
-    elif parts[0] not in ("eager", "compile"):
-        raise SystemExit(f"variant {spec!r}: execution must be eager, compile or default")
+    elif parts[0] not in ("eager", "compile", "graph", "auto"):
+        raise SystemExit(f"variant {spec!r}: execution must be eager, compile, graph, auto or "
+                         "default")
     for p in parts[1:]:
         if p in ("bf16", "fp32"):
             v["dtype"] = p
@@ -226,7 +241,7 @@ def make_pipelines(base, variants: List[Dict]):
         key = (v["dtype"], v["decoder_dtype"], v["quantize"])
         if key not in copies:  # the last precision converts the base weights themselves
             copies[key] = base if key == keys[-1] else copy.deepcopy(base)
-        pipes[v["name"]] = StableAudio(copies[key], device="cpu", dtype=v["dtype"],
+        pipes[v["name"]] = StableAudio(copies[key], device=DEVICE, dtype=v["dtype"],
                                        execution=v["execution"], decode_chunk_frames=v["chunk"],
                                        decoder_dtype=v["decoder_dtype"], quantize=v["quantize"])
     return pipes
@@ -295,7 +310,9 @@ def rel_err(a, b) -> float:
 @torch.no_grad()
 def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale: Optional[float],
           repeats: int, variant_specs: List[str], whats: List[str], ref_dtype: str, seed: int,
-          note: str, writer: RowWriter, threads: Optional[int]) -> List[Dict]:
+          note: str, writer: RowWriter, threads: Optional[int], device: str = "cpu") -> List[Dict]:
+    global DEVICE
+    DEVICE = device
     from fastaudio import cpu_fast
     from fastaudio.models.dit import DiTConditioning
     cpu_fast.set_threads(threads)
@@ -310,6 +327,7 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
     rdt = {"fp32": torch.float32, "bf16": torch.bfloat16}[ref_dtype]
     ref.model.to(rdt)
     ref.pretransform.to(rdt)
+    ref.to(device)  # its T5 is not a registered module: T5Conditioner moves it on first use
     variants = [parse_variant(s) for s in variant_specs]
     pipes = make_pipelines(base, variants)
     any_pipe = next(iter(pipes.values()))
@@ -328,16 +346,16 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
     conditioning = [{"prompt": PROMPT, "seconds_start": 0, "seconds_total": seconds}]
 
     # the reference's conditioning tensors, given to both sides' single DiT forward
-    inputs = ref.get_conditioning_inputs(ref.conditioner(conditioning, "cpu"))
+    inputs = ref.get_conditioning_inputs(ref.conditioner(conditioning, device))
     inputs = {k: v.to(rdt) if torch.is_tensor(v) and v.is_floating_point() else v
               for k, v in inputs.items()}
     g = torch.Generator().manual_seed(seed)
-    x1 = torch.randn(1, cfg.latent_dim, frames, generator=g)
-    t1 = torch.full((1,), 0.5)
+    x1 = torch.randn(1, cfg.latent_dim, frames, generator=g).to(device)
+    t1 = torch.full((1,), 0.5, device=device)
     cond = DiTConditioning(inputs.get("cross_attn_cond").float(), inputs.get("cross_attn_mask"),
                            inputs["global_cond"].float() if inputs.get("global_cond") is not None else None)
     torch.manual_seed(seed)  # generate_diffusion_cond's own noise: manual_seed, then randn
-    z = torch.randn(1, cfg.latent_dim, frames)
+    z = torch.randn(1, cfg.latent_dim, frames, device=device)
 
     def ref_step():
         return ref.model(x1.to(rdt), t1.to(rdt), **inputs, cfg_scale=cfg_scale, batch_cfg=True,
@@ -368,7 +386,7 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
         with contextlib.redirect_stdout(open(os.devnull, "w")):  # it prints the seed
             return gen.generate_diffusion_cond(ref, steps=steps, cfg_scale=cfg_scale,
                                                conditioning=conditioning, sample_size=sample_size,
-                                               seed=seed, device="cpu", **sampler_kw)
+                                               seed=seed, device=device, **sampler_kw)
 
     def ours_generate(p):
         return p.generate(PROMPT, seconds_total=seconds, steps=steps, cfg_scale=cfg_scale,
@@ -379,9 +397,13 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
     peaks: Dict[str, List[Tuple[float, float]]] = {}
     parity: Dict[str, float] = {}
 
-    def record(key, dt, peak, rss0):
+    gpu_peaks: Dict[str, List[float]] = {}
+
+    def record(key, dt, peak, rss0, gpu):
         samples.setdefault(key, []).append(dt)
         peaks.setdefault(key, []).append((peak, peak - rss0))
+        if gpu is not None:
+            gpu_peaks.setdefault(key, []).append(gpu)
 
     decode_latents = None
     for rep in range(repeats + 1):  # repetition 0 warms up (compilation) and is not timed
@@ -397,23 +419,23 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
                     parity[f"step/{n}"] = rel_err(out.float(), ref_step_out)
         if e2e:
             stage.clear()
-            audio, dt, peak, rss0 = timed(ref_generate)
-            r["end_to_end/reference"] = (dt, peak, rss0)
-            r["sampling/reference"] = (stage["sampling"], peak, rss0)
-            r["decode/reference"] = (stage["decode"], peak, rss0)
+            audio, dt, peak, rss0, gpu = timed(ref_generate)
+            r["end_to_end/reference"] = (dt, peak, rss0, gpu)
+            r["sampling/reference"] = (stage["sampling"], peak, rss0, gpu)
+            r["decode/reference"] = (stage["decode"], peak, rss0, gpu)
             if rep == 0:
                 ref_latents, ref_audio = captured["sampling"].float(), audio.float()
             for n, p in pipes.items():
-                out, dt, peak, rss0 = timed(lambda: ours_generate(p))
+                out, dt, peak, rss0, gpu = timed(lambda: ours_generate(p))
                 t = out.timings
-                r[f"end_to_end/{n}"] = (t["total"], peak, rss0)
-                r[f"sampling/{n}"] = (t["sampling"], peak, rss0)
-                r[f"decode/{n}"] = (t["decoding"], peak, rss0)
+                r[f"end_to_end/{n}"] = (t["total"], peak, rss0, gpu)
+                r[f"sampling/{n}"] = (t["sampling"], peak, rss0, gpu)
+                r[f"decode/{n}"] = (t["decoding"], peak, rss0, gpu)
                 if rep == 0:  # our decoder on the reference's own latents: the decode parity
                     parity[f"decode/{n}"] = rel_err(p.decode(ref_latents), ref_audio)
         elif "decode" in whats:
             if decode_latents is None:
-                decode_latents = torch.randn(1, cfg.latent_dim, frames, generator=g)
+                decode_latents = torch.randn(1, cfg.latent_dim, frames, generator=g).to(device)
             out, *m = timed(lambda: ref.pretransform.decode(decode_latents.to(rdt)))
             r["decode/reference"] = m
             ref_audio = out.float()
@@ -430,8 +452,10 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
 
     measured = [w for w in WHATS if f"{w}/reference" in samples]
     from common import measured_peaks
-    peaks_now = dict(measured_peaks("cpu"))
-    peaks_now["matmul_bf16_gflops"] = bf16_matmul_peak_gflops()
+    cuda = torch.device(device).type == "cuda"
+    peaks_now = dict(measured_peaks(device))  # on CUDA its matmul figure is bf16
+    peaks_now["matmul_bf16_gflops"] = (round(1e3 * peaks_now["matmul_tflops"], 1) if cuda
+                                       else bf16_matmul_peak_gflops())
     guided_batch = 2 if cfg_scale != 1.0 else 1
     flops = open_flops(preset, frames, guided_batch)
     work = {"step": flops["dit_forward_gflop"], "decode": flops["decoder_gflop"]}
@@ -463,17 +487,21 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
                 "memory_method": MEM.method + ("; sampling/decode rows: the whole generation's"
                                                if what in ("sampling", "decode") and e2e else ""),
                 "parity_rel_err": (round(parity[f"{what}/{n}"], 8) if f"{what}/{n}" in parity else None),
-                "threads": torch.get_num_threads(), "note": note,
+                "threads": torch.get_num_threads(), "note": note, "device": device,
+                "reference_peak_cuda_mb": max(gpu_peaks.get(f"{what}/reference", []), default=None),
+                "fastaudio_peak_cuda_mb": max(gpu_peaks.get(f"{what}/{n}", []), default=None),
                 "dit_forward_gflop": round(flops["dit_forward_gflop"], 1),
                 "decoder_gflop": round(flops["decoder_gflop"], 1),
-                "matmul_fp32_gflops": round(1e3 * peaks_now["matmul_tflops"], 1),
+                "matmul_fp32_gflops": None if cuda else round(1e3 * peaks_now["matmul_tflops"], 1),
                 "matmul_bf16_gflops": peaks_now["matmul_bf16_gflops"],
                 "copy_gbs": peaks_now["copy_gbs"],
             }
             if what in work:  # achieved rates, against this machine's measured peaks
                 row["fastaudio_gflops"] = round(work[what] / row["fastaudio_s"], 1)
                 row["reference_gflops"] = round(work[what] / row["reference_s"], 1)
-            if preset == "stable-audio-open-small" and what in ("end_to_end", "decode"):
+            if cuda and preset == "stable-audio-open-small" and what == "end_to_end":
+                row["anchor"] = "ARC post-training paper: about 75 ms for 8 steps on an H100"
+            if not cuda and preset == "stable-audio-open-small" and what in ("end_to_end", "decode"):
                 row["target_speedup"] = 3.0
                 row["target_met"] = row["speedup"] >= 3.0
                 if what == "end_to_end":
@@ -485,6 +513,8 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
                   f"fastaudio {row['fastaudio_s']:8.3f} s | {row['speedup']:6.2f}x "
                   f"(repetitions {row['speedup_min']:.2f}-{row['speedup_max']:.2f}x) "
                   f"peak RSS {row['reference_peak_rss_mb']:.0f} / {row['fastaudio_peak_rss_mb']:.0f} MB"
+                  + (f" CUDA {row['reference_peak_cuda_mb']:.0f} / {row['fastaudio_peak_cuda_mb']:.0f} MB"
+                     if cuda else "")
                   + (f" parity {row['parity_rel_err']:.2e}" if row["parity_rel_err"] is not None else ""),
                   flush=True)
     gen.sample_rf, gen.sample_k = sat.sampling.sample_rf, sat.sampling.sample_k
@@ -509,6 +539,8 @@ def main(argv=None) -> List[Dict]:
                    help="comma-separated: step, end_to_end (gives sampling and decode too), decode")
     p.add_argument("--reference-dtype", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where both sides run (auto: CUDA when present)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--note", default="")
     p.add_argument("--quick", action="store_true", help="1 repetition, eager only")
@@ -530,7 +562,8 @@ def main(argv=None) -> List[Dict]:
             child = [sys.executable, os.path.abspath(__file__), "--preset", a.preset,
                      "--window", w, "--repeats", str(repeats), "--what", a.what,
                      "--reference-dtype", a.reference_dtype, "--seed", str(a.seed),
-                     "--note", a.note, "--run-id", common.RUN_ID, "--variants", *variants]
+                     "--note", a.note, "--run-id", common.RUN_ID, "--device", a.device,
+                     "--variants", *variants]
             for flag, value in (("--steps", a.steps), ("--cfg-scale", a.cfg_scale),
                                 ("--threads", a.threads)):
                 if value is not None:
@@ -545,8 +578,9 @@ def main(argv=None) -> List[Dict]:
 
 def run_one(a, window, repeats, variants, whats):
     writer = RowWriter("vs_reference_open", a.quick)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     rows = bench(a.preset, window, a.steps, a.cfg_scale, repeats, variants, whats,
-                 a.reference_dtype, a.seed, a.note, writer, a.threads)
+                 a.reference_dtype, a.seed, a.note, writer, a.threads, device)
     writer.report()
     return rows
 

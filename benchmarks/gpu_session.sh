@@ -11,7 +11,7 @@
 #   FASTAUDIO_COMMIT=<hash> bash benchmarks/gpu_session.sh SECTION [SECTION...]   # some sections
 #
 # Device call: run(command="FASTAUDIO_COMMIT=$(git rev-parse --short HEAD) bash
-# benchmarks/gpu_session.sh", carry=[".old_kernels"] (+ ".whl" if prepared), timeout_s=600).
+# benchmarks/gpu_session.sh", carry=[".old_kernels", ".whl"], timeout_s=600) after WHEELS=1 --prepare.
 # The device's copy has no .git, hence FASTAUDIO_COMMIT. Every row is appended to
 # $OUT/results/*.jsonl the moment it is measured (FASTAUDIO_BENCH_RESULTS), and every section's
 # log goes to $OUT/<section>.log, so a section cut by its time limit, or the whole call cut by
@@ -29,11 +29,14 @@
 #                   and compiled) and the pre-issue-24 kernels; conv vs cuDNN (benchmark mode),
 #                   in (B, C, L) memory (gather kernel) and channels-last (implicit GEMM, NHWC)
 #   generate  (120) SA1.0 generation, CUDA graphs, bf16, 100 steps, cfg 7: 10 s and 95.1 s
-#   attention (130) benchmarks/attention_fault_probe.py matrix (record, one factor at a time in
+#   open      (130) Stable Audio Open Small (11.9 s, 8 steps) and SAO 1.0 (47.55 s, 100 steps,
+#                   cfg 7), bf16, CUDA graphs: against stable-audio-tools' generate_diffusion_cond
+#                   on the same GPU and weights (benchmarks/bench_open_vs_reference.py) when the
+#                   reference is installed (WHEELS=1 --prepare, carry .whl), else fastaudio alone
+#                   (StableAudio.from_preset(...).generate(...).timings)
+#   attention (rest) benchmarks/attention_fault_probe.py matrix (record, one factor at a time in
 #                   subprocesses, CUDA_LAUNCH_BLOCKING=1, compute-sanitizer on the first fault,
 #                   SA1.0 generation with the Triton attention)
-#   open      (80)  Stable Audio Open Small (11.9 s, 8 steps) and SAO 1.0 (47.55 s, 100 steps,
-#                   cfg 7), bf16, through StableAudio.from_preset(...).generate(...).timings
 # Sections only run when named: tests, tests2 (the test files on the GPU), fault (= attention),
 # profile (SA1.0 sampling's top kernels), reference (vs stable-audio-tools at 95 s, needs the
 # reference wheels: `pip download` them into .whl/ and carry it), musicgen.
@@ -58,11 +61,21 @@ prepare() {
       -e 's/torch\.ops\.fastaudio\./torch.ops.fastaudio_v1./g' > ".old_kernels/$f.py" || return 1
   done
   echo "prepared .old_kernels/ from $rev"
-  if [ "${WHEELS:-0}" = 1 ]; then  # the open models need transformers (T5)
-    for p in transformers tokenizers safetensors huggingface-hub regex; do
-      pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl "$p" || true
-    done
+  if [ "${WHEELS:-0}" = 1 ]; then
+    # The open models need transformers (T5) with its dependencies; the `open` section's
+    # comparison needs stable-audio-tools and k-diffusion's sampler (their own dependency lists
+    # pull torchaudio, gradio and more: only what tests/reference_impl.py imports). numpy and
+    # scipy stay out (the image has numpy under torch; scipy is stubbed by reference_impl), so
+    # the folder stays under the 64 MiB that a call carries.
+    local plat=(--only-binary=:all: --python-version 3.12 --implementation cp
+                --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64
+                --platform manylinux2014_x86_64)
+    rm -rf .whl && mkdir .whl
+    pip download -q "${plat[@]}" -d .whl transformers==5.25.0 || echo "transformers download failed"
+    pip download -q --no-deps "${plat[@]}" -d .whl stable-audio-tools==0.0.19 k-diffusion==0.1.1 \
+      einops einops-exts torchsde trampoline torchdiffeq || echo "reference download failed"
+    rm -f .whl/numpy-*.whl .whl/scipy-*.whl
+    echo "prepared .whl/: $(ls .whl | wc -l) wheels, $(du -sm .whl | cut -f1) MB (carry: 64 MiB in all)"
   fi
 }
 
@@ -180,6 +193,11 @@ PY
 
 run_open() {
   section open
+  if [ "$DRY" = 0 ] && python3 -c "import sys; sys.path.insert(0, 'tests'); import reference_impl as R; R.sat()" \
+      >"$OUT/open_reference_import.log" 2>&1; then
+    run_open_vs_reference; return
+  fi
+  [ "$DRY" = 0 ] && echo "stable-audio-tools not loadable here (see open_reference_import.log): fastaudio alone"
   local cases=("stable-audio-open-small 11.9 8 1" "stable-audio-open-1.0 47.55 100 7")
   [ "$DRY" = 1 ] && cases=("tiny 1 1 1")
   for c in "${cases[@]}"; do
@@ -213,6 +231,17 @@ PY
     echo "open $c: exit $?"
   done
   grep -E "generate_open|Error" "$OUT/open.log" | tail -4
+}
+
+run_open_vs_reference() {  # both open models against stable-audio-tools, same GPU, same weights
+  local args=(--device cuda --reference-dtype bf16 --variants graph+bf16 --what step,end_to_end)
+  timeout -k 5 "$(budget 50)" python3 benchmarks/bench_open_vs_reference.py "${args[@]}" \
+    --preset stable-audio-open-small --repeats 3 >>"$OUT/open.log" 2>&1
+  echo "open small vs reference: exit $?"
+  timeout -k 5 "$(budget 80)" python3 benchmarks/bench_open_vs_reference.py "${args[@]}" \
+    --preset stable-audio-open-1.0 --repeats 1 >>"$OUT/open.log" 2>&1
+  echo "open 1.0 vs reference: exit $?"
+  grep -E "reference .* s \| fastaudio|Error" "$OUT/open.log" | tail -8
 }
 
 # --- sections outside the default session (one per call when asked for by name) ---
@@ -254,7 +283,7 @@ run_musicgen() {  # against MusicGen-large at 95 s
 }
 
 sections=("$@")
-[ "${#sections[@]}" -eq 0 ] || [ "${sections[0]}" = all ] && sections=(env checks kernels generate attention open)
+[ "${#sections[@]}" -eq 0 ] || [ "${sections[0]}" = all ] && sections=(env checks kernels generate open attention)
 for s in "${sections[@]}"; do
   if [ "$(left)" -lt 15 ]; then echo "== $s skipped: time is up"; continue; fi
   "run_$s"

@@ -132,7 +132,7 @@ def kdiffusion():
     torchvision at the top for image helpers the samplers never call; those two are stubbed."""
     if "kdiffusion" in _cache:
         return _cache["kdiffusion"]
-    for dep in ("torchsde", "torchdiffeq", "scipy"):
+    for dep in ("torchsde", "torchdiffeq"):
         if importlib.util.find_spec(dep) is None:
             _missing(f"{dep} is not installed (k-diffusion's samplers import it)")
     root = _package_dir("k_diffusion")
@@ -141,9 +141,25 @@ def kdiffusion():
     stubs = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
     if "PIL" not in sys.modules and importlib.util.find_spec("PIL") is None:
         stubs += ["PIL", "PIL.Image"]
+    # scipy serves only linear_multistep's coefficients (scipy.integrate.quad) and torchdiffeq's
+    # scipy solver, which no stable-audio-tools sampler for these models uses: where it is absent (the GPU machine's carried wheels leave
+    # its 35 MB out) a stub that raises if called stands in.
+    no_scipy = "scipy" not in sys.modules and importlib.util.find_spec("scipy") is None
+    if no_scipy:
+        stubs += ["scipy", "scipy.integrate"]
     added = [name for name in stubs if name not in sys.modules]
     for name in added:
         sys.modules[name] = types.ModuleType(name)
+    if no_scipy:  # any name imported from it (quad; torchdiffeq's solve_ivp) raises when called
+        def stub(name):
+            if name.startswith("__"):  # __file__, __spec__...: what inspect and importlib probe
+                raise AttributeError(name)
+
+            def unavailable(*args, **kwargs):
+                raise RuntimeError(f"scipy is not installed: scipy.integrate.{name} is a stub")
+            return unavailable
+        sys.modules["scipy.integrate"].__getattr__ = stub
+        sys.modules["scipy"].integrate = sys.modules["scipy.integrate"]
     if "PIL.Image" in sys.modules and not hasattr(sys.modules["PIL"], "Image"):
         sys.modules["PIL"].Image = sys.modules["PIL.Image"]
     if "k_diffusion" not in sys.modules or not hasattr(sys.modules["k_diffusion"], "__path__"):
