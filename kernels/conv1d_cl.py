@@ -153,8 +153,11 @@ def packed_weight(weight: torch.Tensor) -> torch.Tensor:
 
     The pack is cached on the weight tensor itself (an attribute keyed by its version counter and
     storage), so parameters are packed once per optimiser step or load, and a weight rebuilt per
-    call (an unfolded weight norm) is packed per call and freed with it.
+    call (an unfolded weight norm) is packed per call and freed with it, as is a weight made
+    under ``torch.inference_mode`` (no version counter to key on).
     """
+    if weight.is_inference():  # inference tensors keep no version counter: pack per call
+        return weight.permute(2, 0, 1).contiguous()
     key = (weight._version, weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()))
     cached = getattr(weight, "_fastaudio_cl_pack", None)
     if cached is not None and cached[0] == key:

@@ -175,3 +175,13 @@ def test_nn_layer_routes_by_memory_layout():
     want = C.conv1d_ref(x.double(), w.double(), b.double(), residual=r.double(), **kw)
     _assert_fp32_close(y_cl, want, "channels-last through nn")
     _assert_fp32_close(y_plain, want, "contiguous through nn")
+
+
+def test_inference_mode_weights(device):
+    """Weights made under torch.inference_mode carry no version counter: packed per call."""
+    tensors, kw, _ = _conv_inputs("vae_k7_d3", True, False)
+    x, w, b = (t.float().to(device) for t in tensors[:3])
+    with torch.inference_mode():
+        w_inf, x_inf = w.clone(), CL.to_channels_last(x.clone())
+        got = CL.conv1d_channels_last(x_inf, w_inf, b, **kw)
+    _assert_fp32_close(got, C.conv1d_ref(x.double(), w.double(), b.double(), **kw), "inference_mode")
