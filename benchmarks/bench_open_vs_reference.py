@@ -30,8 +30,9 @@ not writable, ru_maxrss (never reset) is reported and the row says so. ``--windo
 window length in its own subprocess (fresh peaks, and a 1.0 compile's frozen weights freed).
 
 On a GPU (``--device cuda``, the default when CUDA is present) both sides run there, timed
-with a synchronise around each call; rows add the peak CUDA memory of each call
-(``max_memory_allocated`` after a reset). ``graph+bf16`` (or ``auto+bf16``) is fastaudio with
+with a synchronise around each call and stage; rows add each call's CUDA memory (peak
+allocated, its growth over the call's start, peak reserved: a graph replay's memory is its
+pool's). The ``step`` rows time one DiT forward outside any graph (``step_execution``). ``graph+bf16`` (or ``auto+bf16``) is fastaudio with
 CUDA graphs; ``--reference-dtype bf16`` puts the reference's DiT and VAE in bf16 (its
 ``generate_diffusion_cond`` casts the noise, the conditioning and the latents to their dtypes).
 benchmarks/gpu_session.sh runs it in its ``open`` section when the reference is installed.
@@ -116,18 +117,26 @@ MEM = PeakRSS()
 DEVICE = "cpu"  # set by bench(): where both sides run
 
 
-def timed(fn: Callable[[], object]) -> Tuple[object, float, float, float, Optional[float]]:
-    """(result, seconds, peak RSS MB, RSS at the start MB, peak CUDA memory MB or None)."""
+def timed(fn: Callable[[], object]) -> Tuple[object, float, float, float, Optional[Tuple]]:
+    """(result, seconds, peak RSS MB, RSS at the start MB, CUDA memory or None). CUDA memory:
+    (peak allocated, its growth over what was allocated at the start, peak reserved) in MB; a
+    CUDA graph's replay allocates nothing (its memory is the graph pool's, reserved since its
+    capture), hence the reserved figure beside the allocated ones."""
     cuda = torch.device(DEVICE).type == "cuda"
     if cuda:
         sync(DEVICE)
         torch.cuda.reset_peak_memory_stats()
+        alloc0 = torch.cuda.memory_allocated()
     rss0 = MEM.start()
     t0 = time.perf_counter()
     out = fn()
     sync(DEVICE)
     dt = time.perf_counter() - t0
-    gpu = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1) if cuda else None
+    gpu = None
+    if cuda:
+        mb = lambda b: round(b / 2 ** 20, 1)  # noqa: E731
+        peak = torch.cuda.max_memory_allocated()
+        gpu = (mb(peak), mb(peak - alloc0), mb(torch.cuda.max_memory_reserved()))
     return out, dt, MEM.peak(), rss0, gpu
 
 
@@ -367,10 +376,12 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
     stage: Dict[str, float] = {}
     captured: Dict[str, torch.Tensor] = {}
 
-    def timing(name, fn):
+    def timing(name, fn):  # the reference's stages, synchronised like fastaudio's StageTimer
         def wrapper(*a, **kw):
+            sync(device)
             t0 = time.perf_counter()
             out = fn(*a, **kw)
+            sync(device)
             stage[name] = time.perf_counter() - t0
             captured[name] = out
             return out
@@ -459,6 +470,14 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
     guided_batch = 2 if cfg_scale != 1.0 else 1
     flops = open_flops(preset, frames, guided_batch)
     work = {"step": flops["dit_forward_gflop"], "decode": flops["decoder_gflop"]}
+    def cuda_memory(key, side):
+        got = gpu_peaks.get(key)
+        if not got:
+            return {}
+        return {f"{side}_peak_cuda_mb": max(g[0] for g in got),
+                f"{side}_cuda_growth_mb": max(g[1] for g in got),
+                f"{side}_peak_cuda_reserved_mb": max(g[2] for g in got)}
+
     rows = []
     med = {k: statistics.median(v) for k, v in samples.items()}
     for v in variants:
@@ -470,6 +489,10 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
                 "preset": preset, "what": what, "variant": n, "execution": p.execution,
                 "dtype": dtype_name(p.dtype), "decoder_dtype": dtype_name(p.decoder_dtype),
                 "quantize": p.quantize, "decode_chunk_frames": p.decode_chunk_frames,
+                # the single DiT forward runs the pipeline's compiled backbone in compile mode and
+                # the plain module otherwise (no CUDA graph around one forward)
+                "step_execution": (("compile" if p.execution == "compile" else "eager")
+                                   if what == "step" else None),
                 "reference_dtype": ref_dtype, "seconds_audio": round(seconds, 3),
                 "window_s": round(window, 3), "frames": frames,
                 "steps": steps if what in ("sampling", "end_to_end") else None,
@@ -488,8 +511,8 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
                                                if what in ("sampling", "decode") and e2e else ""),
                 "parity_rel_err": (round(parity[f"{what}/{n}"], 8) if f"{what}/{n}" in parity else None),
                 "threads": torch.get_num_threads(), "note": note, "device": device,
-                "reference_peak_cuda_mb": max(gpu_peaks.get(f"{what}/reference", []), default=None),
-                "fastaudio_peak_cuda_mb": max(gpu_peaks.get(f"{what}/{n}", []), default=None),
+                **cuda_memory(f"{what}/reference", "reference"),
+                **cuda_memory(f"{what}/{n}", "fastaudio"),
                 "dit_forward_gflop": round(flops["dit_forward_gflop"], 1),
                 "decoder_gflop": round(flops["decoder_gflop"], 1),
                 "matmul_fp32_gflops": None if cuda else round(1e3 * peaks_now["matmul_tflops"], 1),
@@ -513,8 +536,8 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
                   f"fastaudio {row['fastaudio_s']:8.3f} s | {row['speedup']:6.2f}x "
                   f"(repetitions {row['speedup_min']:.2f}-{row['speedup_max']:.2f}x) "
                   f"peak RSS {row['reference_peak_rss_mb']:.0f} / {row['fastaudio_peak_rss_mb']:.0f} MB"
-                  + (f" CUDA {row['reference_peak_cuda_mb']:.0f} / {row['fastaudio_peak_cuda_mb']:.0f} MB"
-                     if cuda else "")
+                  + (f" CUDA {row.get('reference_peak_cuda_mb', 0):.0f} / "
+                     f"{row.get('fastaudio_peak_cuda_mb', 0):.0f} MB" if cuda else "")
                   + (f" parity {row['parity_rel_err']:.2e}" if row["parity_rel_err"] is not None else ""),
                   flush=True)
     gen.sample_rf, gen.sample_k = sat.sampling.sample_rf, sat.sampling.sample_k

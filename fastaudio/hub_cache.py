@@ -24,9 +24,16 @@ def hf_hub_cache() -> str:
     return os.path.join(os.path.expanduser(home), "hub")
 
 
+# what ends a file path a user might mistype, never a model repository's name
+_FILE_SUFFIXES = (".ckpt", ".safetensors", ".json", ".pt", ".pth", ".bin")
+
+
 def looks_like_repo_id(text: str) -> bool:
-    """``owner/name`` (what a user copies from a model page), as opposed to a path."""
-    return bool(_REPO_ID.match(text)) and not text.startswith(".")
+    """``owner/name`` (what a user copies from a model page), as opposed to a path: one slash,
+    no file suffix, and no local folder named like the owner."""
+    return (bool(_REPO_ID.match(text)) and not text.startswith(".")
+            and not text.lower().endswith(_FILE_SUFFIXES)
+            and not os.path.exists(text.split("/", 1)[0]))
 
 
 def repo_cache_dir(repo_id: str) -> str:

@@ -28,13 +28,14 @@ offsets int32 unless an item spans >= 2**31 elements (OFF64, decided on the host
 """
 from __future__ import annotations
 
-from typing import Optional
+import weakref
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, alloc
+from ._common import INTERPRET, POISON
 from .conv1d import (Conv1dFunction, Padding, _dot_modes, _needs_off64, _pad_pair, _raise_if,
                      conv1d_out_length, conv1d_unsupported_reason)
 
@@ -148,33 +149,47 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+# id(weight) -> (weak reference to it, its version key, the pack). Kept here, not on the tensor,
+# so a pickled model does not carry the packs; an entry goes when its weight is freed.
+_PACKS: Dict[int, Tuple[weakref.ref, tuple, torch.Tensor]] = {}
+
+
 def packed_weight(weight: torch.Tensor) -> torch.Tensor:
     """(C_out, C_in, K) -> contiguous (K, C_out, C_in), packed once per weight version.
 
-    The pack is cached on the weight tensor itself (an attribute keyed by its version counter and
-    storage), so parameters are packed once per optimiser step or load, and a weight rebuilt per
-    call (an unfolded weight norm) is packed per call and freed with it, as is a weight made
-    under ``torch.inference_mode`` (no version counter to key on).
+    Cached per weight tensor, keyed by its version counter, storage, shape, strides and dtype:
+    parameters are packed once per optimiser step or load (in-place updates bump the version);
+    a weight rebuilt per call (an unfolded weight norm) or made under ``torch.inference_mode``
+    (no version counter) is packed per call. Not seen: writes through ``.data`` (they bump no
+    version) and updates after a CUDA graph captured the pack - reload the weights instead.
     """
     if weight.is_inference():  # inference tensors keep no version counter: pack per call
         return weight.permute(2, 0, 1).contiguous()
-    key = (weight._version, weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()))
-    cached = getattr(weight, "_fastaudio_cl_pack", None)
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    key = (weight._version, weight.data_ptr(), tuple(weight.shape), tuple(weight.stride()),
+           weight.dtype)
+    entry = _PACKS.get(id(weight))
+    if entry is not None and entry[0]() is weight and entry[1] == key:
+        return entry[2]
     packed = weight.detach().permute(2, 0, 1).contiguous()
-    try:
-        weight._fastaudio_cl_pack = (key, packed)
-    except (AttributeError, RuntimeError):  # some tensor subclasses refuse attributes: no cache
-        pass
+    ident = id(weight)
+    ref = weakref.ref(weight, lambda _r, i=ident: _PACKS.pop(i, None))
+    _PACKS[ident] = (ref, key, packed)
     return packed
+
+
+def _channels_last_output(B: int, C: int, L: int, dtype, device) -> torch.Tensor:
+    """A (B, C, L) tensor with channels-last strides, made as such (not a transposed view: an
+    autograd Function's output that is a view cannot be modified in place later, e.g. h += skip).
+    NaN-filled when outputs are poisoned."""
+    y = torch.empty_strided((B, C, L), (L * C, 1, C), dtype=dtype, device=device)
+    return y.fill_(float("nan")) if POISON else y
 
 
 def _launch(x, weight, bias, residual, stride, pad_left, dilation, L_out) -> torch.Tensor:
     B, C_in, L = x.shape
     C_out, _, K = weight.shape
     w = packed_weight(weight)
-    y = alloc((B, L_out, C_out), x.dtype, x.device).transpose(1, 2)   # channels-last output
+    y = _channels_last_output(B, C_out, L_out, x.dtype, x.device)
     upcast, precision = _dot_modes(x.dtype)
     r = residual if residual is not None else y
     # The item is grid axis 1 (at most 65535 items, far above any batch here).

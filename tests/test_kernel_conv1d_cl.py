@@ -185,3 +185,27 @@ def test_inference_mode_weights(device):
         w_inf, x_inf = w.clone(), CL.to_channels_last(x.clone())
         got = CL.conv1d_channels_last(x_inf, w_inf, b, **kw)
     _assert_fp32_close(got, C.conv1d_ref(x.double(), w.double(), b.double(), **kw), "inference_mode")
+
+
+def test_output_is_not_a_view_and_packs_die_with_their_weights(device):
+    """The output is allocated channels-last (not a transposed view), so an in-place residual add
+    after the conv keeps autograd working; the cached pack goes when its weight is freed."""
+    import gc
+    tensors, kw, go = _conv_inputs("channels_over_one_block", True, False)
+    x, w, b = (t.float().to(device) for t in tensors[:3])
+    xc = CL.to_channels_last(x).requires_grad_()
+    y = CL.conv1d_channels_last(xc, w, b, **kw)
+    assert y._base is None and y.stride(1) == 1
+    y += 1.0  # a view returned by an autograd.Function would raise here
+    y.backward(go.float().to(device))
+    x_ref = x.double().requires_grad_()
+    C.conv1d_ref(x_ref, w.double(), b.double(), **kw).backward(go)
+    _assert_fp32_close(xc.grad, x_ref.grad, "dx after an in-place add")
+    before = len(CL._PACKS)
+    w2 = w.clone()
+    with torch.no_grad():
+        CL.conv1d_channels_last(xc, w2, b, **kw)
+    assert len(CL._PACKS) == before + 1
+    del w2
+    gc.collect()
+    assert len(CL._PACKS) == before

@@ -307,6 +307,9 @@ def test_hub_repo_id_loads_from_the_local_cache_only(good_folder, tmp_path, monk
     assert "models--stabilityai--stable-audio-open-small (no snapshot)" in err
     assert "huggingface-cli download stabilityai/stable-audio-open-small" in err
     assert "Traceback" not in err
+    with pytest.raises(FastAudioError) as e:  # a mistyped file path is not taken for a repo id
+        StableAudio.from_pretrained("ckpts/model.safetensors")
+    assert "model path not found" in str(e.value) and "huggingface-cli" not in str(e.value)
 
 
 def test_cli_generates_from_a_sao_folder_and_names_errors(good_folder, tmp_path, capsys):

@@ -34,8 +34,8 @@ def _channels_last_kernel(x: Tensor) -> bool:
     """Whether the Triton path takes the channels-last implicit GEMM (kernels/conv1d_cl.py): for
     inputs already channels-last in memory, in eager mode (under torch.compile the conv runs as
     conv1d.py's custom op, whatever the layout)."""
-    return x.dim() == 3 and x.shape[1] > 1 and x.stride(1) == 1 and \
-        not torch.compiler.is_compiling()
+    return x.dim() == 3 and x.shape[1] > 1 and x.stride(1) == 1 and x.shape[0] <= 65535 and \
+        not torch.compiler.is_compiling()  # (its batch is grid axis 1: larger ones go to conv1d.py)
 
 
 def _triton_reason(x, weight, bias, stride, padding, dilation, residual) -> Optional[str]:
