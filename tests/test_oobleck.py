@@ -280,6 +280,40 @@ def test_chunked_matches_unchunked_within_fp32_rounding():
     assert err(seamy, full) > 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_decode_runs_its_convs_channels_last(dtype, monkeypatch):
+    """Eager CPU inference decodes with every conv on channels-last (N, C, 1, L) memory and gives
+    what the (N, C, L) path gives (fp32: within rounding; bf16: within one bf16 step of the
+    audio's scale), as a contiguous (B, 2, N) tensor; with gradients on it stays on the plain path
+    (activation checkpointing recomputes outside the decode call)."""
+    vae = _sao_strided(channels=4, seed=3).to(dtype)
+    vae.chunk_frames = 44
+    z = torch.randn(1, 64, 50).to(dtype)
+    seen = []
+    conv2d, tconv2d = torch.nn.functional.conv2d, torch.nn.functional.conv_transpose2d
+
+    def spy(real):
+        def call(x, *args, **kwargs):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+            return real(x, *args, **kwargs)
+        return call
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy(conv2d))
+    monkeypatch.setattr(torch.nn.functional, "conv_transpose2d", spy(tconv2d))
+    with torch.no_grad():
+        vae.cpu_channels_last = False
+        plain = vae.decode(z)
+        assert seen == []
+        vae.cpu_channels_last = True
+        fast = vae.decode(z)
+    assert len(seen) > 10 and all(seen), seen
+    assert fast.is_contiguous() and fast.shape == plain.shape
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert ((fast.float() - plain.float()).abs().max() / plain.float().abs().max()).item() <= tol
+    seen.clear()
+    vae.decode(z.requires_grad_())
+    assert seen == []
+
+
 def test_chunk_defaults_and_windows():
     """Chunk sizes by device, and the windows a decode runs (seen through ``decoder=``)."""
     cfg = SMALL_CONFIGS["snake-2blocks"]

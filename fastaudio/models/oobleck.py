@@ -16,6 +16,7 @@ returns ``L·s − 1`` samples, which no frame-based chunking can stitch).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from typing import Any, Mapping, Optional, Sequence, Tuple
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import FastAudioError
-from ..nn.conv import WNConv1d, WNConvTranspose1d, conv1d, fold_weight_norm
+from ..nn.conv import WNConv1d, WNConvTranspose1d, conv1d, convs_channels_last, fold_weight_norm
 from ..nn.snake import SnakeBeta1d, fold_snake_log_scale
 from .chunking import map_in_chunks
 from .vae import check_audio, check_latents, kl_divergence, vae_bottleneck
@@ -241,7 +242,9 @@ class OobleckVAE(nn.Module):
     the defaults build Stable Audio Open's (156,112,514 parameters). ``scale`` is the
     AutoencoderPretransform's: latents are the bottleneck's mean (or sample) divided by it.
     ``chunk_frames`` (None: by device, :data:`DEFAULT_CHUNK_FRAMES_GPU` / ``_CPU``) and
-    ``overlap_frames`` set the chunking.
+    ``overlap_frames`` set the chunking. ``cpu_channels_last`` (default True): eager decoding on
+    a CPU runs its convs on channels-last memory (``fastaudio.nn.conv.convs_channels_last``:
+    2.2x in bf16, 1.3-1.6x in fp32, the same output); set it False for the (N, C, L) path.
     """
 
     def __init__(self, encoder: Optional[Mapping[str, Any]] = None,
@@ -281,6 +284,7 @@ class OobleckVAE(nn.Module):
         self.soft_clip = bool(dec_entry.get("soft_clip", False))
         self.chunk_frames = chunk_frames
         self.overlap_frames = int(overlap_frames)
+        self.cpu_channels_last = True
         self._check_consistent(enc_kw, dec_kw, in_channels, out_channels)
 
     def _check_consistent(self, enc_kw: dict, dec_kw: dict, in_channels, out_channels) -> None:
@@ -387,11 +391,18 @@ class OobleckVAE(nn.Module):
         chunk = self._chunk(latents.device, chunk_frames)
         if chunked is None:
             chunked = frames > chunk
-        if chunked:
-            audio = map_in_chunks(run, latents, frames, chunk, self.overlap_frames,
-                                  out_per_frame=self.ratio)
-        else:
-            audio = run(latents)
+        # eager CPU inference only: a compiled decoder (``decoder``) has its layouts chosen by
+        # inductor, and activation checkpointing would recompute outside this block
+        channels_last = (self.cpu_channels_last and decoder is None and not torch.is_grad_enabled()
+                         and latents.device.type == "cpu" and not torch.compiler.is_compiling())
+        with convs_channels_last() if channels_last else contextlib.nullcontext():
+            if chunked:
+                audio = map_in_chunks(run, latents, frames, chunk, self.overlap_frames,
+                                      out_per_frame=self.ratio)
+            else:
+                audio = run(latents)
+        if channels_last:
+            audio = audio.contiguous()  # callers get (B, 2, N) in plain memory
         return torch.tanh(audio) if self.soft_clip else audio
 
     def forward(self, audio: Tensor, generator: Optional[torch.Generator] = None

@@ -67,14 +67,42 @@ def convs_as_2d() -> Iterator[None]:
         _CONVS_AS_2D = previous
 
 
+# oneDNN's (N, C, L) convolutions reorder activations to and from its blocked layout on every
+# call; on channels-last 4-D tensors it runs its NHWC kernels directly. For eager CPU inference
+# the torch path can therefore run each conv as a conv2d over channels-last (N, C, 1, L) memory
+# and hand back the (N, C, L) view of it, whose channels-last strides elementwise ops keep, so
+# the next conv finds its input already in that layout. Measured on the Oobleck decoder (SAO
+# Small, 11.9 s, 2-core x86): bf16 8.1 -> 3.6 s (same output bits), fp32 10.5 -> 6.6-8.4 s
+# (docs/benchmarking.md#cpu-fast-paths). Not for torch.compile: inductor picks layouts itself.
+_CONVS_CHANNELS_LAST = False
+
+
+@contextlib.contextmanager
+def convs_channels_last() -> Iterator[None]:
+    """Within this block the torch path runs convs on channels-last (N, C, 1, L) memory."""
+    global _CONVS_CHANNELS_LAST
+    previous, _CONVS_CHANNELS_LAST = _CONVS_CHANNELS_LAST, True
+    try:
+        yield
+    finally:
+        _CONVS_CHANNELS_LAST = previous
+
+
+def _as_2d(x: Tensor) -> Tensor:
+    """(N, C, L) -> (N, C, 1, L), channels-last in memory under convs_channels_last (a no-op
+    copy-wise when the previous conv left it so)."""
+    x = x.unsqueeze(2)
+    return x.contiguous(memory_format=torch.channels_last) if _CONVS_CHANNELS_LAST else x
+
+
 def conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
                  padding: Padding = 0, dilation: int = 1,
                  residual: Optional[Tensor] = None) -> Tensor:
     left, right = _pair(padding)
     if left != right:
         x, left = F.pad(x, (left, right)), 0
-    if _CONVS_AS_2D:
-        y = F.conv2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride), (0, left),
+    if _CONVS_AS_2D or _CONVS_CHANNELS_LAST:
+        y = F.conv2d(_as_2d(x), weight.unsqueeze(2), bias, (1, stride), (0, left),
                      (1, dilation)).squeeze(2)
     else:
         y = F.conv1d(x, weight, bias, stride, left, dilation)
@@ -83,8 +111,8 @@ def conv1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, strid
 
 def conv_transpose1d_torch(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                            stride: int = 1, padding: int = 0) -> Tensor:
-    if _CONVS_AS_2D:
-        return F.conv_transpose2d(x.unsqueeze(2), weight.unsqueeze(2), bias, (1, stride),
+    if _CONVS_AS_2D or _CONVS_CHANNELS_LAST:
+        return F.conv_transpose2d(_as_2d(x), weight.unsqueeze(2), bias, (1, stride),
                                   (0, padding)).squeeze(2)
     return F.conv_transpose1d(x, weight, bias, stride, padding)
 
