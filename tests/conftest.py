@@ -39,3 +39,19 @@ def _fresh_seed_and_dispatch_log():
     dispatch.reset_path_log()
     yield
     dispatch.set_kernel_mode(None)
+
+
+@pytest.fixture
+def conv2d_input_layouts(monkeypatch):
+    """A list that records, for every F.conv2d / F.conv_transpose2d call, whether its input was
+    channels-last in memory (the decoders' CPU channels-last path runs its convs as those)."""
+    seen = []
+
+    def spy(real):
+        def call(x, *args, **kwargs):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last))
+            return real(x, *args, **kwargs)
+        return call
+    for name in ("conv2d", "conv_transpose2d"):
+        monkeypatch.setattr(torch.nn.functional, name, spy(getattr(torch.nn.functional, name)))
+    return seen

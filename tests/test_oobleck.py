@@ -281,7 +281,7 @@ def test_chunked_matches_unchunked_within_fp32_rounding():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_decode_runs_its_convs_channels_last(dtype, monkeypatch):
+def test_cpu_decode_runs_its_convs_channels_last(dtype, conv2d_input_layouts):
     """Eager CPU inference decodes with every conv on channels-last (N, C, 1, L) memory and gives
     what the (N, C, L) path gives (fp32: within rounding; bf16: within one bf16 step of the
     audio's scale), as a contiguous (B, 2, N) tensor; with gradients on it stays on the plain path
@@ -289,16 +289,7 @@ def test_cpu_decode_runs_its_convs_channels_last(dtype, monkeypatch):
     vae = _sao_strided(channels=4, seed=3).to(dtype)
     vae.chunk_frames = 44
     z = torch.randn(1, 64, 50).to(dtype)
-    seen = []
-    conv2d, tconv2d = torch.nn.functional.conv2d, torch.nn.functional.conv_transpose2d
-
-    def spy(real):
-        def call(x, *args, **kwargs):
-            seen.append(x.is_contiguous(memory_format=torch.channels_last))
-            return real(x, *args, **kwargs)
-        return call
-    monkeypatch.setattr(torch.nn.functional, "conv2d", spy(conv2d))
-    monkeypatch.setattr(torch.nn.functional, "conv_transpose2d", spy(tconv2d))
+    seen = conv2d_input_layouts
     with torch.no_grad():
         vae.cpu_channels_last = False
         plain = vae.decode(z)

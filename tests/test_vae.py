@@ -103,6 +103,25 @@ def test_chunked_matches_unchunked_within_fp32_rounding():
     assert (full - seamy).abs().max() > 1e-4
 
 
+def test_cpu_decode_runs_its_convs_channels_last(conv2d_input_layouts):
+    """Eager CPU inference decodes on channels-last memory (every conv's input), with the plain
+    path's output within fp32 rounding, contiguous; gradients on keep the plain path."""
+    cfg = dataclasses.replace(preset("tiny").vae, chunk_frames=48, overlap_frames=32)
+    vae = _random_vae(cfg)
+    z = torch.randn(2, cfg.latent_dim, 100)
+    with torch.no_grad():
+        vae.cpu_channels_last = False
+        plain = vae.decode(z)
+        assert conv2d_input_layouts == []
+        vae.cpu_channels_last = True
+        fast = vae.decode(z)
+    assert len(conv2d_input_layouts) > 10 and all(conv2d_input_layouts)
+    assert fast.is_contiguous() and (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
+    conv2d_input_layouts.clear()
+    vae.decode(z.requires_grad_())
+    assert conv2d_input_layouts == []
+
+
 def test_bottleneck_sampling_and_kl():
     pre = torch.randn(3, 16, 9)
     z, mean, std = vae_bottleneck(pre, sample=False)

@@ -16,7 +16,6 @@ returns ``L·s − 1`` samples, which no frame-based chunking can stitch).
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 from typing import Any, Mapping, Optional, Sequence, Tuple
@@ -27,7 +26,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import FastAudioError
-from ..nn.conv import WNConv1d, WNConvTranspose1d, conv1d, convs_channels_last, fold_weight_norm
+from ..nn.conv import (WNConv1d, WNConvTranspose1d, conv1d, convs_channels_last,
+                       eager_cpu_inference, fold_weight_norm)
 from ..nn.snake import SnakeBeta1d, fold_snake_log_scale
 from .chunking import map_in_chunks
 from .vae import check_audio, check_latents, kl_divergence, vae_bottleneck
@@ -391,11 +391,9 @@ class OobleckVAE(nn.Module):
         chunk = self._chunk(latents.device, chunk_frames)
         if chunked is None:
             chunked = frames > chunk
-        # eager CPU inference only: a compiled decoder (``decoder``) has its layouts chosen by
-        # inductor, and activation checkpointing would recompute outside this block
-        channels_last = (self.cpu_channels_last and decoder is None and not torch.is_grad_enabled()
-                         and latents.device.type == "cpu" and not torch.compiler.is_compiling())
-        with convs_channels_last() if channels_last else contextlib.nullcontext():
+        # a compiled decoder (``decoder``) has its layouts chosen by inductor
+        channels_last = self.cpu_channels_last and decoder is None and eager_cpu_inference(latents)
+        with convs_channels_last(channels_last):
             if chunked:
                 audio = map_in_chunks(run, latents, frames, chunk, self.overlap_frames,
                                       out_per_frame=self.ratio)

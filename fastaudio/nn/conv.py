@@ -78,14 +78,22 @@ _CONVS_CHANNELS_LAST = False
 
 
 @contextlib.contextmanager
-def convs_channels_last() -> Iterator[None]:
-    """Within this block the torch path runs convs on channels-last (N, C, 1, L) memory."""
+def convs_channels_last(enabled: bool = True) -> Iterator[None]:
+    """Within this block the torch path runs convs on channels-last (N, C, 1, L) memory (when
+    ``enabled``; otherwise the block runs unchanged)."""
     global _CONVS_CHANNELS_LAST
-    previous, _CONVS_CHANNELS_LAST = _CONVS_CHANNELS_LAST, True
+    previous, _CONVS_CHANNELS_LAST = _CONVS_CHANNELS_LAST, _CONVS_CHANNELS_LAST or enabled
     try:
         yield
     finally:
         _CONVS_CHANNELS_LAST = previous
+
+
+def eager_cpu_inference(x: Tensor) -> bool:
+    """Where channels-last convs apply: CPU tensors, no gradients (activation checkpointing would
+    recompute outside the block), not while torch.compile traces (inductor picks layouts)."""
+    return x.device.type == "cpu" and not torch.is_grad_enabled() and \
+        not torch.compiler.is_compiling()
 
 
 def _as_2d(x: Tensor) -> Tensor:
