@@ -8,11 +8,12 @@ one up to floating-point rounding, while memory is bounded by the window, not th
 """
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from torch import Tensor
 
 from ..errors import FastAudioError
+from ..nn.conv import convs_channels_last, eager_cpu_inference
 
 
 class ChunkingError(FastAudioError, ValueError):
@@ -51,3 +52,21 @@ def map_in_chunks(fn: Callable[[Tensor], Tensor], x: Tensor, frames: int, chunk:
         out[..., k0 * out_per_frame: k1 * out_per_frame] = \
             part[..., (k0 - w0) * out_per_frame: (k1 - w0) * out_per_frame]
     return out
+
+
+def decode_latents(decoder: Callable[[Tensor], Tensor], latents: Tensor, chunk: int, overlap: int,
+                   ratio: int, chunked: Optional[bool], channels_last: bool) -> Tensor:
+    """A VAE decoder over latents of any length: in windows when longer than ``chunk`` (or when
+    ``chunked`` says so). ``channels_last``: the caller allows channels-last convs (see
+    ``fastaudio.nn.conv.convs_channels_last``); they run for eager CPU inference only, and the
+    audio is returned in plain memory either way."""
+    frames = latents.shape[-1]
+    if chunked is None:
+        chunked = frames > chunk
+    channels_last = channels_last and eager_cpu_inference(latents)
+    with convs_channels_last(channels_last):
+        if chunked:
+            audio = map_in_chunks(decoder, latents, frames, chunk, overlap, out_per_frame=ratio)
+        else:
+            audio = decoder(latents)
+    return audio.contiguous() if channels_last else audio

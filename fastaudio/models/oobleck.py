@@ -26,10 +26,9 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import FastAudioError
-from ..nn.conv import (WNConv1d, WNConvTranspose1d, conv1d, convs_channels_last,
-                       eager_cpu_inference, fold_weight_norm)
+from ..nn.conv import WNConv1d, WNConvTranspose1d, conv1d, fold_weight_norm
 from ..nn.snake import SnakeBeta1d, fold_snake_log_scale
-from .chunking import map_in_chunks
+from .chunking import decode_latents, map_in_chunks
 from .vae import check_audio, check_latents, kl_divergence, vae_bottleneck
 
 
@@ -387,20 +386,10 @@ class OobleckVAE(nn.Module):
         self.check_latents(latents)
         if self.scale != 1.0:
             latents = latents * self.scale
-        frames = latents.shape[-1]
-        chunk = self._chunk(latents.device, chunk_frames)
-        if chunked is None:
-            chunked = frames > chunk
         # a compiled decoder (``decoder``) has its layouts chosen by inductor
-        channels_last = self.cpu_channels_last and decoder is None and eager_cpu_inference(latents)
-        with convs_channels_last(channels_last):
-            if chunked:
-                audio = map_in_chunks(run, latents, frames, chunk, self.overlap_frames,
-                                      out_per_frame=self.ratio)
-            else:
-                audio = run(latents)
-        if channels_last:
-            audio = audio.contiguous()  # callers get (B, 2, N) in plain memory
+        audio = decode_latents(run, latents, self._chunk(latents.device, chunk_frames),
+                               self.overlap_frames, self.ratio, chunked,
+                               self.cpu_channels_last and decoder is None)
         return torch.tanh(audio) if self.soft_clip else audio
 
     def forward(self, audio: Tensor, generator: Optional[torch.Generator] = None

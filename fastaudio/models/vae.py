@@ -17,11 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import VAEConfig, VAEDecoderConfig, VAEEncoderConfig
-from ..nn.conv import (WNConv1d, WNConvTranspose1d, convs_channels_last, eager_cpu_inference,
-                       fold_weight_norm)
+from ..nn.conv import WNConv1d, WNConvTranspose1d, fold_weight_norm
 from ..nn.snake import Snake1d
 from ..errors import FastAudioError
-from .chunking import map_in_chunks
+from .chunking import decode_latents, map_in_chunks
 
 
 class AudioInputError(FastAudioError, ValueError):
@@ -223,20 +222,10 @@ class AutoencoderVAE(nn.Module):
         call (e.g. its torch.compile'd form)."""
         run = decoder if decoder is not None else self.decoder
         self.check_latents(latents)
-        frames = latents.shape[-1]
         cfg = self.config
         chunk = max(chunk_frames or cfg.chunk_frames, cfg.overlap_frames + 1)
-        if chunked is None:
-            chunked = frames > chunk
-        # eager CPU inference: convs on channels-last memory (nn.conv.convs_channels_last)
-        channels_last = self.cpu_channels_last and decoder is None and eager_cpu_inference(latents)
-        with convs_channels_last(channels_last):
-            if chunked:
-                audio = map_in_chunks(run, latents, frames, chunk, cfg.overlap_frames,
-                                      out_per_frame=self.ratio)
-            else:
-                audio = run(latents)
-        return audio.contiguous() if channels_last else audio
+        return decode_latents(run, latents, chunk, cfg.overlap_frames, self.ratio, chunked,
+                              self.cpu_channels_last and decoder is None)
 
     def forward(self, audio: Tensor, generator: Optional[torch.Generator] = None
                 ) -> Tuple[Tensor, Tensor, Tensor]:
