@@ -510,7 +510,7 @@ def bench(preset: str, window: Optional[float], steps: Optional[int], cfg_scale:
                 "memory_method": MEM.method + ("; sampling/decode rows: the whole generation's"
                                                if what in ("sampling", "decode") and e2e else ""),
                 "parity_rel_err": (round(parity[f"{what}/{n}"], 8) if f"{what}/{n}" in parity else None),
-                "threads": torch.get_num_threads(), "note": note, "device": device,
+                "threads": torch.get_num_threads(), "note": note,
                 **cuda_memory(f"{what}/reference", "reference"),
                 **cuda_memory(f"{what}/{n}", "fastaudio"),
                 "dit_forward_gflop": round(flops["dit_forward_gflop"], 1),
