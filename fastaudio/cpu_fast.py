@@ -45,9 +45,10 @@ QUANTIZE = ("none", "int8")
 SNR_THRESHOLD_DB = 40.0
 
 # What dtype=None means for Stable Audio Open models on a CPU with fast bf16: (backbone, decoder).
-# SAO Small, 11.9 s, 2-core AMX CPU (bench.md "CPU options"): bf16 everywhere 41.5 dB eager /
-# 43.7 dB compiled against fp32, 9.1 s eager (128-frame chunks) and 4.8 s compiled against 17.0 s
-# fp32 eager; the fastest precision above the threshold (int8 DiT: slower than bf16 here).
+# SAO Small, 11.9 s, 2-core AMX CPU (bench.md "CPU options", commit e3f2eeb): bf16 everywhere
+# 41.5 dB eager / 43.7 dB compiled against fp32, 4.9 s eager (128-frame chunks, channels-last
+# convs) and 3.9 s compiled against 11.5 s fp32 eager; the fastest precision above the threshold
+# (int8 DiT: slower than bf16 here, measured before the channels-last decode).
 CPU_DEFAULT: Tuple[torch.dtype, torch.dtype] = (torch.bfloat16, torch.bfloat16)
 
 
@@ -147,8 +148,10 @@ def freeze_decoder(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 # Decoder chunk for an eager bf16 decoder on a CPU, in latent frames: SAO Small's 256 frames
-# decode in 7.5 s as two 128-frame chunks against 9.7 s whole (2-core AMX CPU, bench.md "CPU
-# options"); compiled (frozen) decoders keep the model's default (256: 3.3 s against 4.0 s).
+# decoded in 7.5 s as two 128-frame chunks against 9.7 s whole on (N, C, L) memory (2-core AMX
+# CPU, bench.md "CPU options" at 5bdf5e2); on channels-last memory the two tie (3.6-3.8 s either
+# way, pipe.decode, 2 runs each) and 128 keeps half the activation memory. Compiled (frozen)
+# decoders keep the model's default (256: 3.3 s against 4.0 s).
 EAGER_BF16_CHUNK_FRAMES = 128
 
 
