@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from ._common import INTERPRET, KernelInputError, SUPPORTED_DTYPES, alloc, device_ok
+from ._store import _cast_out
 
 Tensor = torch.Tensor
 
@@ -89,27 +90,6 @@ def group_norm_ref(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: O
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
-@triton.jit
-def _round_for_bf16(v):
-    """fp32 → fp32 whose top 16 bits are v rounded to nearest even.
-
-    Only used in the interpreter (ROUND_BF16), whose fp32 → bf16 cast truncates (GPUs round to
-    nearest): every bf16 store goes through _cast_out.
-    """
-    bits = v.to(tl.uint32, bitcast=True)
-    bits = bits + (0x7FFF + ((bits >> 16) & 1))
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _cast_out(v, Ptr, ROUND_BF16: tl.constexpr):
-    """v (fp32) in Ptr's element type, rounded to nearest under the interpreter too."""
-    if ROUND_BF16:
-        if Ptr.dtype.element_ty == tl.bfloat16:
-            v = _round_for_bf16(v)
-    return v.to(Ptr.dtype.element_ty)
-
-
 @triton.jit
 def _slab_of(pid, n_slabs, Cg, R):
     """(pair, first channel of the slab within its group, rows in the slab, first row of the

@@ -49,6 +49,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ._common import INTERPRET, KernelInputError, SUPPORTED_DTYPES, alloc, device_ok
+from ._store import _cast_out
 
 Tensor = torch.Tensor
 
@@ -91,26 +92,6 @@ def snake_beta_ref(x: Tensor, alpha: Tensor, inv_beta: Tensor, upcast: bool = Tr
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
-@triton.jit
-def _round_for_bf16(v):
-    """fp32 → fp32 whose top 16 bits are v rounded to nearest even.
-
-    Only used in the interpreter, whose fp32 → bf16 cast truncates (GPUs round to nearest).
-    """
-    bits = v.to(tl.uint32, bitcast=True)
-    bits = bits + (0x7FFF + ((bits >> 16) & 1))
-    return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _cast_out(v, Ptr, ROUND_BF16: tl.constexpr):
-    """v (fp32) in Ptr's element type, rounded to nearest under the interpreter too."""
-    if ROUND_BF16:
-        if Ptr.dtype.element_ty == tl.bfloat16:
-            v = _round_for_bf16(v)
-    return v.to(Ptr.dtype.element_ty)
-
-
 @triton.jit
 def _reduce_by_pi(t):
     """r = t − k·π with k = round(t/π), |r| ≤ π/2 (+ an ulp): Cody-Waite with π split in four.

@@ -277,28 +277,7 @@ def test_poisoned_allocation():
 # ------------------------------------------------------------------------------------------------
 # Launch census and host path
 # ------------------------------------------------------------------------------------------------
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-ALLOCATIONS = {"aten.empty.memory_format", "aten.full.default", "aten.empty_strided.default"}
-
-
-class AtenTrace(TorchDispatchMode):
-    """Appends ("aten", name) for every ATen op that reaches the dispatcher."""
-
-    def __init__(self, log):
-        super().__init__()
-        self.log = log
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.log.append(("aten", str(func)))
-        return func(*args, **(kwargs or {}))
-
-
-def census(fn, *modules):
-    """Run fn with every kernel launch of ``modules`` and every ATen op logged in call order."""
-    with _common.launch_census(*modules) as log, AtenTrace(log):
-        out = fn()
-    return out, log
+from launch_trace import ALLOCATIONS, census  # noqa: E402
 
 
 def launches(log):

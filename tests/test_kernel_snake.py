@@ -370,26 +370,11 @@ def test_snake_beta_raw_parameters(param, dtype):
 # ------------------------------------------------------------------------------------------------
 # Launch census and host path
 # ------------------------------------------------------------------------------------------------
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-
-class AtenTrace(TorchDispatchMode):
-    def __init__(self, log):
-        super().__init__()
-        self.log = log
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.log.append(("aten", str(func)))
-        return func(*args, **(kwargs or {}))
+from launch_trace import ALLOCATIONS, census as _census  # noqa: E402
 
 
 def census(fn):
-    with _common.launch_census(sk) as log, AtenTrace(log):
-        out = fn()
-    return out, log
-
-
-ALLOCATIONS = {"aten.empty.memory_format", "aten.full.default", "aten.empty_strided.default"}
+    return _census(fn, sk)
 
 
 @pytest.mark.parametrize("variant", ["snake", "snake_beta_log", "snake_beta_linear"])
